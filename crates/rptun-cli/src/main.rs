@@ -1,0 +1,2 @@
+//! The `rptun` command.
+fn main() {}

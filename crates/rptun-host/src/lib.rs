@@ -1,0 +1,1 @@
+//! Host (std) platforms for rptun.

@@ -1,0 +1,20 @@
+//! # rptun: inter-processor communication for asymmetric multi-core systems
+//!
+//! The `no_std` core of rptun. Layers, bottom up (see `DESIGN.md`):
+//!
+//! - [`shm`]: the shared-memory seam, the only place that touches raw memory;
+//! - [`wire`]: byte-exact wire formats (resource table, rpmsg, name service);
+//! - [`virtio`]: split virtqueues (driver and device side) and the
+//!   transport traits;
+//!
+//! Every module except [`shm`] is safe code.
+#![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod shm;
+pub mod virtio;
+pub mod wire;

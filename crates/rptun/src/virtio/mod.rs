@@ -1,0 +1,2 @@
+//! virtio: status and feature negotiation, split virtqueues, transports.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Byte-exact wire formats shared with Linux, OpenAMP and NuttX peers.
+#![forbid(unsafe_code)]
