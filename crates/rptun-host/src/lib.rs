@@ -1,1 +1,10 @@
 //! Host (std) platforms for rptun.
+//!
+//! - [`shm`]: POSIX shared-memory objects mapped into this process as
+//!   [`rptun::shm::Region`]s (the mmap backend of the seam);
+//! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
+//!   notice peers that only increment a counter and never wake anyone.
+#![warn(missing_docs)]
+
+pub mod doorbell;
+pub mod shm;
