@@ -1,0 +1,47 @@
+//! The NuttX simulator's shared-memory object (DESIGN.md §7), byte for byte.
+//!
+//! ```text
+//! 0x00 u64 base    origin of the shared "physical" space (pa = base + offset)
+//! 0x08 u32 seqs    remote -> master doorbell counter
+//! 0x0C u32 seqm    master -> remote doorbell counter
+//! 0x10 u32 boots   remote boot word (BOOT 1, OK 2, NEED_RESET 4)
+//! 0x14 u32 bootm   master boot word
+//! 0x18 ...         resource table (its reserved words are the command mailbox:
+//!                  cmd_master @0x20, cmd_slave @0x24), each vdev followed by its
+//!                  64 KiB carveout: rng0, rng1, rpmsg0
+//! ```
+
+/// Default name of the shm object (`/dev/shm/server-proxy`).
+pub const SHM_NAME: &str = "server-proxy";
+/// Size of the object as NuttX's 32-bit simulator lays it out.
+pub const SHM_SIZE: usize = 197_072;
+/// Offset of `base`.
+pub const BASE: usize = 0x00;
+/// Offset of the remote's doorbell counter.
+pub const SEQS: usize = 0x08;
+/// Offset of the master's doorbell counter.
+pub const SEQM: usize = 0x0C;
+/// Offset of the remote's boot word.
+pub const BOOTS: usize = 0x10;
+/// Offset of the master's boot word.
+pub const BOOTM: usize = 0x14;
+/// Offset of the resource table.
+pub const RSC: usize = 0x18;
+/// Boot word bit: this side has started.
+pub const BOOT: u32 = 1;
+/// Boot word bit: this side is up.
+pub const OK: u32 = 2;
+/// Boot word bit: the other side must re-run its boot (it restarted).
+pub const NEED_RESET: u32 = 4;
+/// Size of each carveout.
+pub const CARVEOUT_SIZE: u32 = 0x10000;
+/// rpmsg buffer size each way (1520-byte payloads).
+pub const RPMSG_BUF_SIZE: u32 = 0x600;
+/// Entries per vring.
+pub const VRING_NUM: u32 = 8;
+/// Vring alignment.
+pub const VRING_ALIGN: u32 = 8;
+/// The `base` our master writes: a page-aligned value that fits a 32-bit
+/// peer's address width (NuttX writes its own mapping address; any value
+/// works as long as both sides translate through it).
+pub const DEFAULT_BASE: u64 = 0x1000_0000;
