@@ -1,2 +1,4 @@
 //! The `rptun` command.
+mod shell;
+
 fn main() {}
