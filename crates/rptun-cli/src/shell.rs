@@ -92,7 +92,9 @@ impl<'a> Shell<'a> {
             let best = self
                 .commands
                 .iter_mut()
-                .filter(|c| c.words.len() <= words.len() && c.words.iter().zip(&words).all(|(a, b)| a == b))
+                .filter(|c| {
+                    c.words.len() <= words.len() && c.words.iter().zip(&words).all(|(a, b)| a == b)
+                })
                 .max_by_key(|c| c.words.len());
             match best {
                 Some(c) => {

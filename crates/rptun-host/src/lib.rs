@@ -6,5 +6,6 @@
 //!   notice peers that only increment a counter and never wake anyone.
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod doorbell;
 pub mod shm;
