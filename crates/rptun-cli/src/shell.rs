@@ -65,12 +65,12 @@ impl<'a> Shell<'a> {
     /// Prints the command list.
     pub fn help(&self, out: &mut dyn Write) {
         let _ = writeln!(out, "Commands:");
-        let _ = writeln!(out, "  {:<40} {}", "help", "this list");
+        let _ = writeln!(out, "  {:<40} this list", "help");
         for c in &self.commands {
             let head = format!("{} {}", c.words.join(" "), c.usage);
             let _ = writeln!(out, "  {:<40} {}", head.trim_end(), c.help);
         }
-        let _ = writeln!(out, "  {:<40} {}", "exit", "leave the shell");
+        let _ = writeln!(out, "  {:<40} leave the shell", "exit");
     }
 
     /// Runs one line (which may hold several commands separated by `;`).
