@@ -25,23 +25,24 @@
 //!   remembered, so a repeated doorbell does not deliver the command twice.
 //!   An ACK is never answered with an ACK (a NuttX flaw).
 //! - Our ACK carries a sequence number in its `val` half (NuttX ignores it
-//!   and always sends 0), so every ACK is a new value and a stale ACK is
-//!   never taken for a fresh one.
+//!   and always sends 0), so each ACK differs from the previous one; a
+//!   restarted side continues the sequence from the ACK left in its slot.
 //!
 //! # The ACK cannot be lost to the doorbell handler
 //!
 //! In NuttX the waiting sender and its own doorbell handler both read (and
 //! clear) the peer's slot, so the handler can swallow the ACK and the sender
 //! times out. Here nobody clears the peer's slot, and both the waiter and
-//! `poll()` feed the same local record: the newest ACK sequence number seen
-//! (an atomic that only moves forward, so a late, stale read cannot move it
-//! back or count twice). `post()` notes the newest ACK before writing the
-//! command; the command is acknowledged once a newer ACK was seen, by either
-//! context, or, for a NuttX peer that always sends `ACK|0`, once the peer
-//! cleared the sender's slot. The ACK also stays in the peer's slot until the
-//! peer writes something else. All methods take `&self` and are lock-free,
-//! so a doorbell handler may run in an interrupt that preempts a waiting
-//! thread.
+//! `poll()` feed the same local record. Each `post()` starts a new *epoch*
+//! and notes the peer's slot value at that moment; any reader (waiter or
+//! handler) that reads the epoch, then finds in the peer's slot an ACK that
+//! differs from the noted value, records "epoch acknowledged" (an atomic
+//! maximum, so a late or duplicate record is harmless, and a read that began
+//! before the post can never count for it). The command is acknowledged once
+//! its epoch was recorded or, for a NuttX peer that always sends `ACK|0`,
+//! once the peer cleared the sender's slot. All methods take `&self` and are
+//! lock-free, so a doorbell handler may run in an interrupt that preempts a
+//! waiting thread.
 //!
 //! # Limits of a two-slot mailbox
 //!
@@ -163,15 +164,6 @@ impl Command {
 /// forever; a lost race means another context made progress).
 const CAS_ROUNDS: usize = 4;
 
-/// `last_ack` before any ACK was seen.
-const NO_ACK: u32 = u32::MAX;
-
-/// True when ACK sequence number `a` is newer than `b` (serial-number
-/// arithmetic on 16 bits).
-fn seq_newer(a: u16, b: u16) -> bool {
-    (a.wrapping_sub(b) as i16) > 0
-}
-
 /// One side's view of the command mailbox. Share it by reference between the
 /// doorbell handler and the code that sends commands.
 #[derive(Debug)]
@@ -181,14 +173,16 @@ pub struct Mailbox {
     peer_slot: usize,
     /// Last peer-slot value `poll` took into account.
     last_peer: AtomicU32,
-    /// Newest ACK sequence number seen in the peer's slot, or `NO_ACK`.
-    last_ack: AtomicU32,
     /// Sequence number for the `val` of our next ACK.
     ack_seq: AtomicU32,
+    /// Number of `post()`s so far; the epoch of the current command.
+    epoch: AtomicU32,
+    /// The peer's slot value when the current epoch began.
+    snap: AtomicU32,
+    /// Highest epoch for which a fresh ACK was seen (0 = none).
+    acked_epoch: AtomicU32,
     /// The command awaiting an ACK (0 = none).
     posted: AtomicU32,
-    /// `last_ack` when `posted` was written.
-    ack_at_post: AtomicU32,
     /// The last posted command was acknowledged.
     completed: AtomicBool,
 }
@@ -213,15 +207,22 @@ impl Mailbox {
             Role::Master => (master, slave),
             Role::Remote => (slave, master),
         };
+        // Continue the ACK sequence of a previous incarnation of this side,
+        // so our next ACK differs from the one the peer last saw.
+        let ack_seq = match decode(region.load_u32(my_slot)?) {
+            (CMD_ACK, v) => u32::from(v) + 1,
+            _ => 1,
+        };
         Ok(Mailbox {
             region,
             my_slot,
             peer_slot,
             last_peer: AtomicU32::new(encode(CMD_DONE, 0)),
-            last_ack: AtomicU32::new(NO_ACK),
-            ack_seq: AtomicU32::new(1),
+            ack_seq: AtomicU32::new(ack_seq),
+            epoch: AtomicU32::new(0),
+            snap: AtomicU32::new(0),
+            acked_epoch: AtomicU32::new(0),
             posted: AtomicU32::new(0),
-            ack_at_post: AtomicU32::new(NO_ACK),
             completed: AtomicBool::new(false),
         })
     }
@@ -237,12 +238,12 @@ impl Mailbox {
     }
 
     /// The raw value of this side's slot (for dumps).
-    pub fn my_slot(&self) -> Result<u32, MailboxError> {
+    pub fn my_slot_value(&self) -> Result<u32, MailboxError> {
         Ok(self.region.load_u32(self.my_slot)?)
     }
 
     /// The raw value of the peer's slot (for dumps).
-    pub fn peer_slot(&self) -> Result<u32, MailboxError> {
+    pub fn peer_slot_value(&self) -> Result<u32, MailboxError> {
         Ok(self.region.load_u32(self.peer_slot)?)
     }
 
@@ -253,16 +254,15 @@ impl Mailbox {
         self.last_peer.store(encode(CMD_DONE, 0), Ordering::Release);
         self.posted.store(0, Ordering::Release);
         self.completed.store(false, Ordering::Release);
-        self.last_ack.store(NO_ACK, Ordering::Release);
-        self.ack_at_post.store(NO_ACK, Ordering::Release);
     }
 
     /// Writes the command into this side's slot. Ring the doorbell
     /// afterwards, then [`Mailbox::wait_ack`] for the answer.
     ///
-    /// Any ACK already in the peer's slot is taken into account first, so it
-    /// is not mistaken for the answer to this command. Post one command at a
-    /// time: wait for the ACK (or the timeout) of the previous one first.
+    /// The ACK already in the peer's slot (if any) is noted first, so it is
+    /// not mistaken for the answer to this command. Post from one context,
+    /// one command at a time: wait for the ACK (or the timeout) of the
+    /// previous one first.
     pub fn post(&self, cmd: Command) -> Result<(), MailboxError> {
         let word = cmd.to_word();
         if let Command::Other { cmd, .. } = cmd {
@@ -270,9 +270,10 @@ impl Mailbox {
                 return Err(MailboxError::InvalidCommand { cmd });
             }
         }
-        self.observe_ack()?;
-        self.ack_at_post
-            .store(self.last_ack.load(Ordering::Acquire), Ordering::Release);
+        let before = self.region.load_u32(self.peer_slot)?;
+        self.snap.store(before, Ordering::Release);
+        // Readers that see the new epoch read the peer's slot after `before`.
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.completed.store(false, Ordering::Release);
         self.posted.store(word, Ordering::Release);
         self.region.store_u32(self.my_slot, word)?;
@@ -287,6 +288,7 @@ impl Mailbox {
     /// answered. Returns `None` when nothing new arrived.
     pub fn poll(&self) -> Result<Option<Command>, MailboxError> {
         for _ in 0..CAS_ROUNDS {
+            let epoch = self.epoch.load(Ordering::Acquire);
             // `last` before the slot: a successful CAS then proves that the
             // value read is not older than what was last taken into account.
             let last = self.last_peer.load(Ordering::Acquire);
@@ -301,9 +303,9 @@ impl Mailbox {
             {
                 continue;
             }
-            match decode(p) {
-                (CMD_ACK, seq) => self.note_ack(seq),
-                (CMD_DONE, _) => {}
+            match decode(p).0 {
+                CMD_ACK => self.note_ack(epoch, p),
+                CMD_DONE => {}
                 _ => {
                     let seq = self.ack_seq.fetch_add(1, Ordering::Relaxed);
                     self.region
@@ -315,28 +317,25 @@ impl Mailbox {
         Ok(None)
     }
 
-    /// Moves `last_ack` forward to `seq` if that is newer (or the first).
-    fn note_ack(&self, seq: u16) {
-        for _ in 0..CAS_ROUNDS {
-            let cur = self.last_ack.load(Ordering::Acquire);
-            if cur != NO_ACK && !seq_newer(seq, cur as u16) {
-                return;
-            }
-            if self
-                .last_ack
-                .compare_exchange(cur, u32::from(seq), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return;
-            }
+    /// Records that the ACK `p`, read from the peer's slot after `epoch` was
+    /// read, answers that epoch's command if it differs from the value the
+    /// slot held when the epoch began.
+    fn note_ack(&self, epoch: u32, p: u32) {
+        let snap = self.snap.load(Ordering::Acquire);
+        // A post racing with this reader makes the record at most one for
+        // an older, finished epoch: harmless.
+        if epoch != 0 && self.epoch.load(Ordering::Acquire) == epoch && p != snap {
+            self.acked_epoch.fetch_max(epoch, Ordering::AcqRel);
         }
     }
 
     /// Records the ACK in the peer's slot, if there is one. Commands are
     /// left for `poll()`.
     fn observe_ack(&self) -> Result<(), MailboxError> {
-        if let (CMD_ACK, seq) = decode(self.region.load_u32(self.peer_slot)?) {
-            self.note_ack(seq);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let p = self.region.load_u32(self.peer_slot)?;
+        if decode(p).0 == CMD_ACK {
+            self.note_ack(epoch, p);
         }
         Ok(())
     }
@@ -345,10 +344,10 @@ impl Mailbox {
     /// `true`, writes DONE into this side's slot (unless something else has
     /// replaced the command there).
     ///
-    /// A command counts as acknowledged when an ACK newer than the one noted
-    /// at `post()` was seen in the peer's slot (by this call or by `poll()`),
-    /// or when the peer cleared our slot to DONE (what a NuttX peer does when
-    /// it reads a command).
+    /// A command counts as acknowledged when an ACK other than the value
+    /// noted at `post()` was seen in the peer's slot since (by this call or by
+    /// `poll()`), or when the peer cleared our slot to DONE (what a NuttX
+    /// peer does when it reads a command).
     pub fn ack_received(&self) -> Result<bool, MailboxError> {
         if self.completed.load(Ordering::Acquire) {
             return Ok(true);
@@ -358,8 +357,7 @@ impl Mailbox {
             return Ok(false);
         }
         self.observe_ack()?;
-        let acked = self.last_ack.load(Ordering::Acquire)
-            != self.ack_at_post.load(Ordering::Acquire)
+        let acked = self.acked_epoch.load(Ordering::Acquire) == self.epoch.load(Ordering::Acquire)
             || self.region.load_u32(self.my_slot)? == encode(CMD_DONE, 0);
         if acked {
             self.completed.store(true, Ordering::Release);
@@ -598,6 +596,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_receiver_continues_the_ack_sequence() {
+        let (r, m, s) = pair();
+        m.post(Command::Reset(7)).unwrap();
+        assert_eq!(s.poll().unwrap(), Some(Command::Reset(7)));
+        assert!(m.ack_received().unwrap());
+        let first_ack = r.load_u32(SLAVE_SLOT).unwrap();
+        // the remote reboots with the shared memory left as it was
+        drop(s);
+        let s = Mailbox::new(r.clone(), Role::Remote, TABLE).unwrap();
+        m.post(Command::Stop).unwrap();
+        assert_eq!(s.poll().unwrap(), Some(Command::Stop));
+        assert_ne!(r.load_u32(SLAVE_SLOT).unwrap(), first_ack);
+        assert!(m.ack_received().unwrap());
+    }
+
+    #[test]
     fn reset_forgets_consumed_commands() {
         let (_r, m, s) = pair();
         m.post(Command::Panic).unwrap();
@@ -622,7 +636,7 @@ mod tests {
                     assert!(wait(), "remote never received the commands");
                 }
                 // let the master's exchange finish before reusing our slot
-                while s.peer_slot().unwrap() != 0 {
+                while s.peer_slot_value().unwrap() != 0 {
                     assert!(wait());
                 }
                 s.post(Command::Panic).unwrap();
@@ -648,7 +662,7 @@ mod tests {
                 assert!(wait(), "master never received PANIC");
             };
             assert_eq!(panic, Command::Panic);
-            while m.peer_slot().unwrap() != 0 {
+            while m.peer_slot_value().unwrap() != 0 {
                 assert!(wait());
             }
             m.post(Command::Stop).unwrap();
