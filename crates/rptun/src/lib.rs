@@ -6,6 +6,8 @@
 //! - [`wire`]: byte-exact wire formats (resource table, rpmsg, name service);
 //! - [`virtio`]: split virtqueues (driver and device side) and the
 //!   transport traits;
+//! - [`remoteproc`]: address translation, carveout allocator, ELF loader and
+//!   command mailbox of a remote-core link;
 //!
 //! Every module except [`shm`] is safe code.
 #![cfg_attr(not(test), no_std)]
@@ -15,6 +17,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod remoteproc;
 pub mod shm;
 pub mod virtio;
 pub mod wire;

@@ -1,0 +1,53 @@
+//! remoteproc: the pieces of a remote-core link that do not depend on virtio.
+//!
+//! A remoteproc link is a region of shared memory, a resource table in it
+//! and a doorbell each way. This module holds the building blocks that the
+//! life cycle and the vdev transport are made of (DESIGN.md §1, §6, §8):
+//!
+//! - [`addr`]: address translation between the remote's device addresses
+//!   (`da`, what a resource table or an ELF image says), the peers' shared
+//!   "physical" space (`pa`, what virtqueue descriptors carry) and byte
+//!   offsets into the local [`Region`](crate::shm::Region);
+//! - [`carveout`]: an allocator for vrings and buffers inside a carveout that
+//!   hands out offsets, aligned on the *physical* address, and keeps its
+//!   bookkeeping in local memory (a peer cannot corrupt it);
+//! - [`elf`]: loading an ELF firmware image into a region through the address
+//!   map and locating its `.resource_table`;
+//! - [`mailbox`]: the command mailbox (PANIC / RESET / STOP and their ACK)
+//!   over the resource-table header's two reserved words.
+//!
+//! Everything here is `no_std` and works without `alloc`; tables that would
+//! grow on a heap have a fixed, const-generic capacity instead.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod carveout;
+pub mod elf;
+pub mod mailbox;
+
+/// Which end of a remoteproc link this side is.
+///
+/// The **master** owns the resource table (and by default drives the
+/// virtio devices in it); the **remote** is the core the table describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The side that owns and writes the resource table.
+    Master,
+    /// The side the resource table describes.
+    Remote,
+}
+
+impl Role {
+    /// True for [`Role::Master`].
+    pub fn is_master(self) -> bool {
+        self == Role::Master
+    }
+
+    /// The role of the other end of the link.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Master => Role::Remote,
+            Role::Remote => Role::Master,
+        }
+    }
+}
