@@ -9,3 +9,4 @@
 pub mod baseline;
 pub mod doorbell;
 pub mod shm;
+pub mod sim;
