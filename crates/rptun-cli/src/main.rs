@@ -1,5 +1,39 @@
-//! The `rptun` command.
+//! The `rptun` command: the two-process simulator, its shell, benchmarks.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
-fn main() {}
+/// rptun: inter-processor communication for asymmetric multi-core systems.
+#[derive(Parser)]
+#[command(name = "rptun", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure rptun against raw shared-memory baselines between two processes.
+    Bench(bench::BenchArgs),
+    /// (internal) the peer process of `rptun bench`.
+    #[command(hide = true)]
+    BenchPeer {
+        /// Which baseline.
+        kind: String,
+        /// The shm object name.
+        shm: String,
+        /// Baseline parameters.
+        rest: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Bench(a) => bench::run(&a),
+        Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
+    }
+}
