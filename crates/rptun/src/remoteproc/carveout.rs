@@ -464,6 +464,8 @@ mod tests {
     proptest! {
         /// Random alloc/free sequences checked against a byte-bitmap model.
         #[test]
+        #[cfg_attr(miri, ignore = "the bitmap model costs minutes under Miri; safe code only, \
+            and the carveout fuzz target checks the same properties")]
         fn matches_a_bitmap_model(
             start in 0usize..64,
             len in 0usize..512,
