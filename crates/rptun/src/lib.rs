@@ -18,6 +18,7 @@
 extern crate alloc;
 
 pub mod remoteproc;
+pub mod rpmsg;
 pub mod shm;
 pub mod virtio;
 pub mod wire;

@@ -1,0 +1,4 @@
+//! rpmsg.
+#![forbid(unsafe_code)]
+
+pub mod port;
