@@ -457,6 +457,9 @@ fn small_rings_wrap_many_times() {
             seed: 7,
         });
         sim.run(chains);
-        assert!(sim.kicks > 0 && sim.interrupts > 0);
+        if !cfg!(miri) {
+            // Both notification directions were exercised.
+            assert!(sim.kicks > 0 && sim.interrupts > 0);
+        }
     }
 }
