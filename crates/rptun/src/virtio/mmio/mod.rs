@@ -330,53 +330,21 @@ fn check_window(region: &Region, window: &Window) -> Result<(), MmioError> {
 
 /// Region offset of `len` bytes at physical address `pa`, if they lie
 /// entirely inside `window`.
-///
-/// Switch to `Window::to_offset` once the queue module lands.
 fn pa_to_offset(window: &Window, pa: u64, len: usize) -> Option<usize> {
-    let rel = usize::try_from(pa.checked_sub(window.pa)?).ok()?;
-    if rel.checked_add(len)? > window.len {
-        return None;
-    }
-    window.offset.checked_add(rel)
+    window.to_offset(pa, len).ok()
 }
 
 /// Physical address of region offset `offset`, if it lies inside `window`.
-///
-/// Switch to `Window::to_pa` once the queue module lands.
 fn offset_to_pa(window: &Window, offset: usize) -> Option<u64> {
-    let rel = offset.checked_sub(window.offset)?;
-    if rel > window.len {
-        return None;
-    }
-    window.pa.checked_add(u64::try_from(rel).ok()?)
+    window.to_pa(offset).ok()
 }
 
-/// Legacy split-ring layout of a `num`-entry queue whose descriptor table is
-/// at region offset `offset` / physical address `pa`: descriptor table
-/// (16·num), avail ring (6 + 2·num), padding so the used ring's *physical*
-/// address is a multiple of `align`, used ring (6 + 8·num). Returns the
-/// layout and the total size in bytes.
-///
-/// Switch to `QueueLayout::legacy` / `QueueLayout::legacy_size` once the
-/// queue module lands.
+/// Legacy split-ring layout of a `num`-entry queue at region offset
+/// `offset` / physical address `pa` (the used ring aligned on the physical
+/// address), and its size in bytes.
 fn legacy_layout(offset: usize, pa: u64, num: u16, align: u32) -> Option<(QueueLayout, usize)> {
-    let n = usize::from(num);
-    let align = u64::from(align);
-    if !align.is_power_of_two() {
-        return None;
-    }
-    let avail = 16 * n;
-    let avail_end = avail + 6 + 2 * n;
-    let avail_end_pa = pa.checked_add(avail_end as u64)?;
-    let used_pa = avail_end_pa.checked_add(align - 1)? & !(align - 1);
-    let used = avail_end + usize::try_from(used_pa - avail_end_pa).ok()?;
-    let size = used + 6 + 8 * n;
-    let layout = QueueLayout {
-        desc: offset,
-        avail: offset.checked_add(avail)?,
-        used: offset.checked_add(used)?,
-        num,
-    };
+    let layout = QueueLayout::legacy(offset, pa, num, align).ok()?;
+    let size = QueueLayout::legacy_size(pa, num, align).ok()?;
     offset.checked_add(size)?;
     Some((layout, size))
 }
