@@ -1,0 +1,273 @@
+//! Shared set-up for the device tests: links (a driver transport and the
+//! matching device transport in one process) and wait helpers.
+//!
+//! Only the virtio-mmio transport exists on this branch so far; the
+//! remoteproc vdev transport gets a `vdev_link` here once it is merged, and
+//! every test runs over each link in `links()`.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rptun::shm::Region;
+use rptun::virtio::mmio::{MmioDevice, MmioDeviceInfo, MmioTransport, SharedMemory};
+use rptun::virtio::queue::Window;
+use rptun::virtio::{DeviceTransport, QueueMem, Transport, VirtioError};
+
+/// Shared "physical" address of the window start.
+pub const PA: u64 = 0x8000_0000;
+/// Region size of one link.
+pub const REGION_LEN: usize = 512 * 1024;
+
+/// A driver transport and a device transport for the same device.
+pub type Link = (DynTransport, DynDevice);
+
+/// A virtio-mmio link: an emulated register file shared by the driver
+/// transport and the device, rings and buffers in a heap region.
+pub fn mmio_link(device_id: u32, queue_max: &[u16], config: &[u8]) -> Link {
+    let region = Region::new_heap(REGION_LEN);
+    let window = Window::new(PA, 0, REGION_LEN);
+    let info = MmioDeviceInfo {
+        device_id,
+        vendor_id: 0x5254_5054,
+        features: 0,
+        queue_max,
+        config,
+    };
+    let dev = Arc::new(MmioDevice::new(info, region.clone(), window).expect("mmio device"));
+    let mut mem = SharedMemory::whole_window(region, window);
+    mem.ring_align = 8;
+    let drv = MmioTransport::new(dev.clone(), mem, Some(config.len())).expect("mmio transport");
+    (DynTransport(Box::new(drv)), DynDevice(Box::new(dev)))
+}
+
+/// Every link kind, by name: the tests run over each.
+pub fn links(device_id: u32, queue_max: &[u16], config: &[u8]) -> Vec<(&'static str, Link)> {
+    vec![("virtio-mmio", mmio_link(device_id, queue_max, config))]
+}
+
+/// A `wait` closure for the drivers: yields the CPU and gives up after
+/// `timeout`.
+pub fn deadline(timeout: Duration) -> impl FnMut() -> bool {
+    let end = Instant::now() + timeout;
+    move || {
+        std::thread::yield_now();
+        Instant::now() < end
+    }
+}
+
+/// A `wait` closure that gives up after `n` calls.
+pub fn tries(mut n: usize) -> impl FnMut() -> bool {
+    move || {
+        n = n.saturating_sub(1);
+        n > 0
+    }
+}
+
+/// Deterministic byte stream (xorshift64*), for checkable payloads and
+/// as an entropy source.
+#[derive(Clone)]
+pub struct Stream(u64);
+
+impl Stream {
+    pub fn new(seed: u64) -> Stream {
+        Stream(seed | 1)
+    }
+    pub fn next_u8(&mut self) -> u8 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next_u8();
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// A driver transport whose peer can be made to vanish: once `gone` is set,
+/// status reads and notifications report [`VirtioError::Gone`], as a
+/// remoteproc transport does when the remote core stopped.
+pub struct Vanishing<T> {
+    pub inner: T,
+    pub gone: Arc<AtomicBool>,
+}
+
+impl<T> Vanishing<T> {
+    pub fn new(inner: T) -> (Vanishing<T>, Arc<AtomicBool>) {
+        let gone = Arc::new(AtomicBool::new(false));
+        (
+            Vanishing {
+                inner,
+                gone: gone.clone(),
+            },
+            gone,
+        )
+    }
+    fn alive(&self) -> Result<(), VirtioError> {
+        if self.gone.load(Ordering::SeqCst) {
+            Err(VirtioError::Gone)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<T: Transport> Transport for Vanishing<T> {
+    fn device_id(&self) -> u32 {
+        self.inner.device_id()
+    }
+    fn device_features(&self) -> Result<u64, VirtioError> {
+        self.alive()?;
+        self.inner.device_features()
+    }
+    fn set_driver_features(&mut self, f: u64) -> Result<(), VirtioError> {
+        self.alive()?;
+        self.inner.set_driver_features(f)
+    }
+    fn status(&self) -> Result<u8, VirtioError> {
+        self.alive()?;
+        self.inner.status()
+    }
+    fn set_status(&mut self, s: u8) -> Result<(), VirtioError> {
+        self.alive()?;
+        self.inner.set_status(s)
+    }
+    fn config_len(&self) -> usize {
+        self.inner.config_len()
+    }
+    fn read_config(&self, o: usize, b: &mut [u8]) -> Result<(), VirtioError> {
+        self.inner.read_config(o, b)
+    }
+    fn write_config(&mut self, o: usize, b: &[u8]) -> Result<(), VirtioError> {
+        self.inner.write_config(o, b)
+    }
+    fn num_queues(&self) -> u16 {
+        self.inner.num_queues()
+    }
+    fn max_queue_size(&self, q: u16) -> Result<u16, VirtioError> {
+        self.inner.max_queue_size(q)
+    }
+    fn setup_queue(&mut self, q: u16, size: u16) -> Result<QueueMem, VirtioError> {
+        self.inner.setup_queue(q, size)
+    }
+    fn notify(&mut self, q: u16) -> Result<(), VirtioError> {
+        self.alive()?;
+        self.inner.notify(q)
+    }
+    fn alloc_shared(&mut self, size: usize, align: usize) -> Result<usize, VirtioError> {
+        self.inner.alloc_shared(size, align)
+    }
+    fn free_shared(&mut self, offset: usize, size: usize) {
+        self.inner.free_shared(offset, size)
+    }
+    fn region(&self) -> &Region {
+        self.inner.region()
+    }
+    fn window(&self) -> Window {
+        self.inner.window()
+    }
+}
+
+/// Any driver transport, boxed (so one test runs over every link kind).
+pub struct DynTransport(pub Box<dyn Transport + Send>);
+
+/// Any device transport, boxed.
+pub struct DynDevice(pub Box<dyn DeviceTransport + Send>);
+
+impl Transport for DynTransport {
+    fn device_id(&self) -> u32 {
+        self.0.device_id()
+    }
+    fn device_features(&self) -> Result<u64, VirtioError> {
+        self.0.device_features()
+    }
+    fn set_driver_features(&mut self, f: u64) -> Result<(), VirtioError> {
+        self.0.set_driver_features(f)
+    }
+    fn status(&self) -> Result<u8, VirtioError> {
+        self.0.status()
+    }
+    fn set_status(&mut self, s: u8) -> Result<(), VirtioError> {
+        self.0.set_status(s)
+    }
+    fn config_len(&self) -> usize {
+        self.0.config_len()
+    }
+    fn read_config(&self, o: usize, b: &mut [u8]) -> Result<(), VirtioError> {
+        self.0.read_config(o, b)
+    }
+    fn write_config(&mut self, o: usize, b: &[u8]) -> Result<(), VirtioError> {
+        self.0.write_config(o, b)
+    }
+    fn num_queues(&self) -> u16 {
+        self.0.num_queues()
+    }
+    fn max_queue_size(&self, q: u16) -> Result<u16, VirtioError> {
+        self.0.max_queue_size(q)
+    }
+    fn setup_queue(&mut self, q: u16, size: u16) -> Result<QueueMem, VirtioError> {
+        self.0.setup_queue(q, size)
+    }
+    fn notify(&mut self, q: u16) -> Result<(), VirtioError> {
+        self.0.notify(q)
+    }
+    fn alloc_shared(&mut self, size: usize, align: usize) -> Result<usize, VirtioError> {
+        self.0.alloc_shared(size, align)
+    }
+    fn free_shared(&mut self, offset: usize, size: usize) {
+        self.0.free_shared(offset, size)
+    }
+    fn region(&self) -> &Region {
+        self.0.region()
+    }
+    fn window(&self) -> Window {
+        self.0.window()
+    }
+}
+
+impl DeviceTransport for DynDevice {
+    fn device_id(&self) -> u32 {
+        self.0.device_id()
+    }
+    fn device_features(&self) -> Result<u64, VirtioError> {
+        self.0.device_features()
+    }
+    fn driver_features(&self) -> Result<u64, VirtioError> {
+        self.0.driver_features()
+    }
+    fn status(&self) -> Result<u8, VirtioError> {
+        self.0.status()
+    }
+    fn set_needs_reset(&mut self) -> Result<(), VirtioError> {
+        self.0.set_needs_reset()
+    }
+    fn config_len(&self) -> usize {
+        self.0.config_len()
+    }
+    fn read_config(&self, o: usize, b: &mut [u8]) -> Result<(), VirtioError> {
+        self.0.read_config(o, b)
+    }
+    fn write_config(&mut self, o: usize, b: &[u8]) -> Result<(), VirtioError> {
+        self.0.write_config(o, b)
+    }
+    fn num_queues(&self) -> u16 {
+        self.0.num_queues()
+    }
+    fn queue(&self, q: u16) -> Result<QueueMem, VirtioError> {
+        self.0.queue(q)
+    }
+    fn notify(&mut self, q: u16) -> Result<(), VirtioError> {
+        self.0.notify(q)
+    }
+    fn region(&self) -> &Region {
+        self.0.region()
+    }
+}
