@@ -1,4 +1,5 @@
 //! virtio-rng, driver and device, over every transport in one process.
+#![cfg(all(feature = "rng", feature = "alloc"))]
 
 mod devices_common;
 

@@ -44,6 +44,9 @@
 //! `DEVICE_NEEDS_RESET`, and the device stays detached until the driver
 //! resets it.
 #![forbid(unsafe_code)]
+// The shared helpers serve the device modules; a build with none of them
+// keeps only the error type.
+#![cfg_attr(not(any(feature = "rng", feature = "console")), allow(dead_code))]
 
 #[cfg(feature = "console")]
 pub mod console;
