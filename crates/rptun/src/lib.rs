@@ -15,6 +15,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod rpmsg;
 pub mod shm;
 pub mod virtio;
 pub mod wire;

@@ -1,2 +1,4 @@
 //! Byte-exact wire formats shared with Linux, OpenAMP and NuttX peers.
 #![forbid(unsafe_code)]
+
+pub mod rpmsg;
