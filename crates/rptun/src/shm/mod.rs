@@ -228,9 +228,7 @@ impl Region {
     /// Atomically loads the little-endian `u16` at `offset` with `Acquire`.
     #[inline]
     pub fn load_u16(&self, offset: usize) -> Result<u16, ShmError> {
-        Ok(u16::from_le(
-            self.atomic_u16(offset)?.load(Ordering::Acquire),
-        ))
+        Ok(u16::from_le(self.atomic_u16(offset)?.load(Ordering::Acquire)))
     }
 
     /// Atomically stores `v` little-endian at `offset` with `Release`.
@@ -243,9 +241,7 @@ impl Region {
     /// Atomically loads the little-endian `u32` at `offset` with `Acquire`.
     #[inline]
     pub fn load_u32(&self, offset: usize) -> Result<u32, ShmError> {
-        Ok(u32::from_le(
-            self.atomic_u32(offset)?.load(Ordering::Acquire),
-        ))
+        Ok(u32::from_le(self.atomic_u32(offset)?.load(Ordering::Acquire)))
     }
 
     /// Atomically stores `v` little-endian at `offset` with `Release`.
