@@ -29,7 +29,8 @@ fi
 command -v apt-get >/dev/null 2>&1 || refuse "no apt-get on this machine"
 
 # Add bookworm-backports unless some apt source already names it.
-if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+if ! grep -qs '^[^#]*bookworm-backports' /etc/apt/sources.list \
+    /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null; then
     echo 'deb http://deb.debian.org/debian bookworm-backports main' \
         | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null \
         || refuse "cannot write /etc/apt/sources.list.d/bookworm-backports.list"
