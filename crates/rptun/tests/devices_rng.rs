@@ -14,7 +14,7 @@ use rptun::devices::rng::{
 };
 use rptun::devices::DeviceError;
 use rptun::virtio::queue::{DeviceQueue, DriverQueue, VRING_DESC_F_WRITE};
-use rptun::virtio::{id, status, DeviceTransport, Transport};
+use rptun::virtio::{feature, id, status, DeviceTransport, Transport};
 
 fn rng_links() -> Vec<(&'static str, (DynTransport, DynDevice))> {
     links(id::ENTROPY, &[8], &[])
@@ -34,6 +34,17 @@ fn stream_source(seed: u64) -> impl FnMut(&mut [u8]) -> Result<(), EntropyError>
 fn requested_bytes_are_the_devices_random_bytes_and_differ_between_requests() {
     for (name, (t, d)) in rng_links() {
         let mut drv = RngDriver::new(t).unwrap();
+        let modern = name.ends_with("event-idx");
+        assert_eq!(
+            drv.features() & 1 << feature::RING_EVENT_IDX != 0,
+            modern,
+            "{name}"
+        );
+        assert_eq!(
+            drv.transport().status().unwrap() & status::FEATURES_OK != 0,
+            modern,
+            "{name}: FEATURES_OK only for VERSION_1 devices"
+        );
         let mut dev = RngDevice::new(d, stream_source(7)).unwrap();
         let mut expected = Stream::new(7);
 

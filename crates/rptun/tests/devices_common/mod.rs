@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rptun::shm::Region;
 use rptun::virtio::mmio::{MmioDevice, MmioDeviceInfo, MmioTransport, SharedMemory};
 use rptun::virtio::queue::Window;
-use rptun::virtio::{DeviceTransport, QueueMem, Transport, VirtioError};
+use rptun::virtio::{feature, DeviceTransport, QueueMem, Transport, VirtioError};
 
 /// Shared "physical" address of the window start.
 pub const PA: u64 = 0x8000_0000;
@@ -26,12 +26,17 @@ pub type Link = (DynTransport, DynDevice);
 /// A virtio-mmio link: an emulated register file shared by the driver
 /// transport and the device, rings and buffers in a heap region.
 pub fn mmio_link(device_id: u32, queue_max: &[u16], config: &[u8]) -> Link {
+    mmio_link_with(device_id, 0, queue_max, config)
+}
+
+/// As [`mmio_link`], the device offering `features`.
+pub fn mmio_link_with(device_id: u32, features: u64, queue_max: &[u16], config: &[u8]) -> Link {
     let region = Region::new_heap(REGION_LEN);
     let window = Window::new(PA, 0, REGION_LEN);
     let info = MmioDeviceInfo {
         device_id,
         vendor_id: 0x5254_5054,
-        features: 0,
+        features,
         queue_max,
         config,
     };
@@ -43,8 +48,20 @@ pub fn mmio_link(device_id: u32, queue_max: &[u16], config: &[u8]) -> Link {
 }
 
 /// Every link kind, by name: the tests run over each.
+///
+/// "virtio-mmio" is a legacy device (no features: ring flags suppress
+/// notifications); "virtio-mmio+event-idx" offers `VERSION_1` and
+/// `EVENT_IDX`, so the drivers go through FEATURES_OK and both sides use the
+/// event-index fields.
 pub fn links(device_id: u32, queue_max: &[u16], config: &[u8]) -> Vec<(&'static str, Link)> {
-    vec![("virtio-mmio", mmio_link(device_id, queue_max, config))]
+    let modern = 1 << feature::VERSION_1 | 1 << feature::RING_EVENT_IDX;
+    vec![
+        ("virtio-mmio", mmio_link(device_id, queue_max, config)),
+        (
+            "virtio-mmio+event-idx",
+            mmio_link_with(device_id, modern, queue_max, config),
+        ),
+    ]
 }
 
 /// A `wait` closure for the drivers: yields the CPU and gives up after
