@@ -7,11 +7,11 @@
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rptun::shm::Region;
-use rptun::virtio::mmio::{MmioDevice, MmioDeviceInfo, MmioTransport, SharedMemory};
+use rptun::virtio::mmio::{MmioDevice, MmioDeviceInfo, MmioHooks, MmioTransport, SharedMemory};
 use rptun::virtio::queue::Window;
 use rptun::virtio::{feature, DeviceTransport, QueueMem, Transport, VirtioError};
 
@@ -45,6 +45,91 @@ pub fn mmio_link_with(device_id: u32, features: u64, queue_max: &[u16], config: 
     mem.ring_align = 8;
     let drv = MmioTransport::new(dev.clone(), mem, Some(config.len())).expect("mmio transport");
     (DynTransport(Box::new(drv)), DynDevice(Box::new(dev)))
+}
+
+/// A doorbell: a counter and a condition variable.
+#[derive(Default)]
+pub struct Bell {
+    count: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Bell {
+    pub fn ring(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.cv.notify_all();
+    }
+
+    /// A `wait` closure that sleeps until the bell rang since the closure's
+    /// last call, and gives up when one sleep lasts longer than `patience`
+    /// (a lost notification) or after `total`.
+    pub fn waiter(self: &Arc<Self>, patience: Duration, total: Duration) -> impl FnMut() -> bool {
+        let bell = self.clone();
+        let end = Instant::now() + total;
+        let mut seen = *bell.count.lock().unwrap();
+        move || {
+            let mut count = bell.count.lock().unwrap();
+            if *count == seen {
+                let (c, timeout) = bell.cv.wait_timeout(count, patience).unwrap();
+                count = c;
+                if timeout.timed_out() && *count == seen {
+                    eprintln!("no notification for {patience:?}: one was lost");
+                    return false;
+                }
+            }
+            seen = *count;
+            Instant::now() < end
+        }
+    }
+}
+
+/// Doorbells of an emulated virtio-mmio device: `device` rings on the
+/// driver's queue notifications, `driver` on the device's interrupts.
+#[derive(Default, Clone)]
+pub struct Bells {
+    pub device: Arc<Bell>,
+    pub driver: Arc<Bell>,
+}
+
+impl MmioHooks for Bells {
+    fn queue_notified(&self, _queue: u16) {
+        self.device.ring();
+    }
+    fn status_changed(&self, _status: u8) {
+        self.device.ring();
+    }
+    fn interrupt(&self, _interrupt_status: u32) {
+        self.driver.ring();
+    }
+}
+
+/// A virtio-mmio link whose sides can sleep until notified.
+pub fn mmio_link_with_bells(
+    device_id: u32,
+    features: u64,
+    queue_max: &[u16],
+    config: &[u8],
+) -> (Link, Bells) {
+    let region = Region::new_heap(REGION_LEN);
+    let window = Window::new(PA, 0, REGION_LEN);
+    let info = MmioDeviceInfo {
+        device_id,
+        vendor_id: 0x5254_5054,
+        features,
+        queue_max,
+        config,
+    };
+    let bells = Bells::default();
+    let dev = Arc::new(
+        MmioDevice::with_hooks(info, region.clone(), window, bells.clone()).expect("mmio device"),
+    );
+    let mut mem = SharedMemory::whole_window(region, window);
+    mem.ring_align = 8;
+    let drv = MmioTransport::new(dev.clone(), mem, Some(config.len())).expect("mmio transport");
+    (
+        (DynTransport(Box::new(drv)), DynDevice(Box::new(dev))),
+        bells,
+    )
 }
 
 /// Every link kind, by name: the tests run over each.
