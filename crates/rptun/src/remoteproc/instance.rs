@@ -606,7 +606,12 @@ impl<P: Platform> Instance<P> {
     /// Waits for the peer's ACK of the last command sent through the
     /// mailbox; `wait` sleeps a little and returns `false` at the deadline.
     pub fn wait_command_ack(&mut self, wait: impl FnMut() -> bool) -> Result<(), InstanceError> {
-        let link = self.link.as_ref().ok_or(InstanceError::NoResourceTable)?;
+        let state = self.state;
+        let link = self.link.as_ref().ok_or(InstanceError::InvalidState {
+            op: "wait for a command ACK",
+            state,
+            hint: "start the link and send a command first",
+        })?;
         link.mailbox.wait_ack(wait)?;
         if let Some(cmd) = self.pending_cmd.take() {
             self.events.push(Event::CommandAcked(cmd));

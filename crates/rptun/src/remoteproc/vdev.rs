@@ -78,9 +78,11 @@ impl<N: Notify> VdevLink<N> {
         Ok(s)
     }
 
-    /// Resets the device (status 0), as a driver that goes away does.
+    /// Resets the device (status 0), as a driver that goes away does, and
+    /// tells the peer.
     pub fn reset_status(&self) -> Result<(), VirtioError> {
-        self.write_status(0)
+        self.write_status(0)?;
+        self.notify_config()
     }
 
     fn write_status(&self, s: u8) -> Result<(), VirtioError> {
@@ -178,6 +180,15 @@ impl<N: Notify> VdevLink<N> {
         })
     }
 
+    /// Rings the peer's doorbell with the vdev's own notify id (after a
+    /// status change, as OpenAMP's `rproc_virtio_set_status` does: a
+    /// device-role peer learns DRIVER_OK this way).
+    pub fn notify_config(&self) -> Result<(), VirtioError> {
+        self.notifier
+            .notify(Doorbell::Id(self.info.notifyid))
+            .map_err(|_| VirtioError::Gone)
+    }
+
     /// Rings the peer's doorbell for queue `q`.
     pub fn notify_queue(&self, q: u16) -> Result<(), VirtioError> {
         let id = self.info.vring_notifyid(q).ok_or(VirtioError::NoQueue(q))?;
@@ -246,7 +257,8 @@ impl<N: Notify> Transport for VdevDriver<N> {
     }
 
     fn set_status(&mut self, status: u8) -> Result<(), VirtioError> {
-        self.link.write_status(status)
+        self.link.write_status(status)?;
+        self.link.notify_config()
     }
 
     fn config_len(&self) -> usize {
@@ -370,7 +382,8 @@ impl<N: Notify> DeviceTransport for VdevDevice<N> {
 
     fn set_needs_reset(&mut self) -> Result<(), VirtioError> {
         let s = self.link.status()?;
-        self.link.write_status(s | status::DEVICE_NEEDS_RESET)
+        self.link.write_status(s | status::DEVICE_NEEDS_RESET)?;
+        self.link.notify_config()
     }
 
     fn config_len(&self) -> usize {
@@ -562,6 +575,10 @@ mod tests {
         d.free_shared(a, 1536 * 8);
         assert_eq!(d.alloc_shared(pool.len, 1).unwrap(), pool.offset);
         d.notify(0).unwrap();
-        assert_eq!(rec.0.borrow().as_slice(), &[Doorbell::Id(5)]);
+        // the status write rang the vdev's own id, the queue its vring's
+        assert_eq!(
+            rec.0.borrow().as_slice(),
+            &[Doorbell::Id(4), Doorbell::Id(5)]
+        );
     }
 }
