@@ -12,7 +12,7 @@
 //! | `config`              | [`Platform::config`]                   |
 //! | `start` / `stop`      | [`Platform::start`] / [`Platform::stop`] |
 //! | `notify(vqid)`        | [`Platform::notifier`] → [`Notify::notify`] |
-//! | `register_callback`   | none: the platform calls [`Instance::handle_doorbell`](crate::remoteproc::instance::Instance::handle_doorbell) |
+//! | `register_callback`   | none: the platform calls `Instance::handle_doorbell` |
 //! | `reset` / `panic`     | [`Platform::reset`] / [`Platform::panic`] (optional) |
 //!
 //! Doorbells go the other way: the platform's interrupt handler (or poller)
@@ -212,7 +212,7 @@ pub trait Platform {
     fn is_master(&self) -> bool;
 
     /// True when the link should be started at initialisation
-    /// ([`Instance::autostart`](crate::remoteproc::instance::Instance::autostart)).
+    /// (`Instance::autostart`).
     fn is_autostart(&self) -> bool {
         false
     }
