@@ -265,8 +265,11 @@ impl<P: Platform> Instance<P> {
         }
     }
 
-    /// Calls `f` for every [`Event`] (from the context that drives the
-    /// instance). Without a handler events are only logged.
+    /// Calls `f` for every [`Event`], from the context that drives the
+    /// instance, at the end of the call that produced it. `f` cannot call
+    /// back into the instance: record the event and react after the call
+    /// returns (e.g. stop the link on `Event::Command(Command::Stop)`).
+    /// Without a handler events are only logged.
     pub fn set_event_handler(&mut self, f: impl FnMut(&Event) + Send + 'static) {
         self.on_event = Some(Box::new(f));
     }
