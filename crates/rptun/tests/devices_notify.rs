@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use devices_common::{mmio_link_with_bells, Stream};
+use devices_common::{mmio_link_with_bells, vdev_link, Bells, Link, Stream};
 use rptun::devices::console::{ConsoleDevice, ConsoleDriver, CONFIG_LEN};
 use rptun::devices::rng::{EntropyError, RngDevice, RngDriver};
 use rptun::devices::DeviceError;
@@ -20,21 +20,33 @@ use rptun::virtio::{feature, id};
 const PATIENCE: Duration = Duration::from_secs(5);
 const TOTAL: Duration = Duration::from_secs(60);
 
-fn variants() -> [(&'static str, u64); 2] {
-    [
-        ("legacy flags", 0),
+/// Every link kind, each side's doorbell ringing the other's bell.
+fn linked(device_id: u32, nq: usize, config: &[u8]) -> Vec<(&'static str, Link, Bells)> {
+    let modern = 1 << feature::VERSION_1 | 1 << feature::RING_EVENT_IDX;
+    let queue_max = vec![8; nq];
+    let mut out = Vec::new();
+    for (name, features) in [("virtio-mmio", 0), ("virtio-mmio+event-idx", modern)] {
+        let (link, bells) = mmio_link_with_bells(device_id, features, &queue_max, config);
+        out.push((name, link, bells));
+    }
+    for (name, features, master_drives) in [
+        ("vdev/master-drives", 0, true),
         (
-            "event idx",
-            1 << feature::VERSION_1 | 1 << feature::RING_EVENT_IDX,
+            "vdev/remote-drives+event-idx",
+            1 << feature::RING_EVENT_IDX,
+            false,
         ),
-    ]
+    ] {
+        let bells = Bells::default();
+        let (link, _) = vdev_link(device_id, features, nq, config, master_drives, Some(&bells));
+        out.push((name, link, bells));
+    }
+    out
 }
 
 #[test]
 fn console_streams_with_both_sides_sleeping_between_notifications() {
-    for (name, features) in variants() {
-        let ((t, d), bells) =
-            mmio_link_with_bells(id::CONSOLE, features, &[8, 8], &[0; CONFIG_LEN]);
+    for (name, (t, d), bells) in linked(id::CONSOLE, 2, &[0; CONFIG_LEN]) {
         const LEN: usize = 2 << 20;
         let dev_bell = bells.device.clone();
         // One direction at a time, so each side can only be woken by the
@@ -73,8 +85,7 @@ fn console_streams_with_both_sides_sleeping_between_notifications() {
 
 #[test]
 fn rng_requests_with_both_sides_sleeping_between_notifications() {
-    for (name, features) in variants() {
-        let ((t, d), bells) = mmio_link_with_bells(id::ENTROPY, features, &[8], &[]);
+    for (name, (t, d), bells) in linked(id::ENTROPY, 1, &[]) {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let dev_bell = bells.device.clone();

@@ -27,7 +27,7 @@
 
 use super::{
     attach_queue, check_device, device_queue_failed, driver_begin, driver_fail, driver_finish,
-    driver_state, queue_size, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
+    driver_state, setup_queue, BufferSet, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
 };
 use crate::virtio::queue::{Buf, Chain, DeviceQueue, DriverQueue, VIRTIO_RING_F_EVENT_IDX};
 use crate::virtio::{id, DeviceTransport, Transport, VirtioError};
@@ -106,7 +106,7 @@ pub struct ConsoleDriver<T: Transport, const N: usize = 8> {
     features: u64,
     // Receive side: every buffer is posted, or returned and queued in
     // `rx_fifo` (in used-ring order) until read.
-    rx_off: [usize; N],
+    rx_bufs: BufferSet,
     n_rx: usize,
     rx_head_slot: [u16; N],
     rx_len: [u32; N],
@@ -116,7 +116,7 @@ pub struct ConsoleDriver<T: Transport, const N: usize = 8> {
     /// Bytes of the front buffer already read.
     rx_pos: u32,
     // Transmit side: every buffer is free (in `tx_free`) or with the device.
-    tx_off: [usize; N],
+    tx_bufs: BufferSet,
     n_tx: usize,
     tx_head_slot: [u16; N],
     tx_free: [u16; N],
@@ -146,10 +146,8 @@ impl<T: Transport> ConsoleDriver<T> {
 struct Started<const N: usize> {
     rx: DriverQueue<N>,
     tx: DriverQueue<N>,
-    rx_off: [usize; N],
-    n_rx: usize,
-    tx_off: [usize; N],
-    n_tx: usize,
+    rx_bufs: BufferSet,
+    tx_bufs: BufferSet,
     features: u64,
 }
 
@@ -180,19 +178,19 @@ impl<T: Transport, const N: usize> ConsoleDriver<T, N> {
             tx: s.tx,
             buf_size: cfg.buf_size,
             features: s.features,
-            rx_off: s.rx_off,
-            n_rx: s.n_rx,
+            n_rx: s.rx_bufs.count,
+            rx_bufs: s.rx_bufs,
             rx_head_slot: [NO_SLOT; N],
             rx_len: [0; N],
             rx_fifo: [0; N],
             rx_fifo_start: 0,
             rx_fifo_len: 0,
             rx_pos: 0,
-            tx_off: s.tx_off,
-            n_tx: s.n_tx,
+            n_tx: s.tx_bufs.count,
+            tx_bufs: s.tx_bufs,
             tx_head_slot: [NO_SLOT; N],
             tx_free: core::array::from_fn(|i| i as u16),
-            tx_nfree: s.n_tx,
+            tx_nfree: s.tx_bufs.count,
         };
         let posted = (0..d.n_rx).try_for_each(|i| d.post_rx(i));
         let r = posted
@@ -216,15 +214,7 @@ impl<T: Transport, const N: usize> ConsoleDriver<T, N> {
         }
         let event_idx = features & 1 << VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queue = |q: u16| -> Result<DriverQueue<N>, DeviceError> {
-            let max = t.max_queue_size(q)?;
-            let size = queue_size(max.min(cfg.queue_size), N);
-            if size == 0 {
-                return Err(DeviceError::BadConfig(
-                    "a console queue would have no entries (queue_size or the device's maximum \
-                     is 0)",
-                ));
-            }
-            let mem = t.setup_queue(q, size)?;
+            let mem = setup_queue(t, q, cfg.queue_size, N)?;
             Ok(DriverQueue::new(
                 mem.region, mem.layout, mem.window, event_idx,
             )?)
@@ -233,52 +223,33 @@ impl<T: Transport, const N: usize> ConsoleDriver<T, N> {
         let tx = queue(TRANSMIT_QUEUE)?;
         let n_rx = usize::from(cfg.rx_buffers).min(usize::from(rx.num()));
         let n_tx = usize::from(cfg.tx_buffers).min(usize::from(tx.num()));
-        let size = cfg.buf_size as usize;
-        let mut rx_off = [0usize; N];
-        let mut tx_off = [0usize; N];
-        let mut got = 0;
-        while got < n_rx + n_tx {
-            match t.alloc_shared(size, 8) {
-                Ok(off) if got < n_rx => rx_off[got] = off,
-                Ok(off) => tx_off[got - n_rx] = off,
-                Err(e) => {
-                    for &off in rx_off[..got.min(n_rx)]
-                        .iter()
-                        .chain(&tx_off[..got.saturating_sub(n_rx)])
-                    {
-                        t.free_shared(off, size);
-                    }
-                    return Err(e.into());
-                }
+        let rx_bufs = BufferSet::alloc(t, n_rx, cfg.buf_size)?;
+        let tx_bufs = match BufferSet::alloc(t, n_tx, cfg.buf_size) {
+            Ok(b) => b,
+            Err(e) => {
+                rx_bufs.free(t);
+                return Err(e);
             }
-            got += 1;
-        }
+        };
         Ok(Started {
             rx,
             tx,
-            rx_off,
-            n_rx,
-            tx_off,
-            n_tx,
+            rx_bufs,
+            tx_bufs,
             features,
         })
     }
 
     fn free_buffers(&mut self) {
-        let size = self.buf_size as usize;
-        for &off in self.rx_off[..self.n_rx]
-            .iter()
-            .chain(&self.tx_off[..self.n_tx])
-        {
-            self.t.free_shared(off, size);
-        }
+        self.rx_bufs.free(&mut self.t);
+        self.tx_bufs.free(&mut self.t);
     }
 
     /// Posts receive buffer `slot` (not published).
     fn post_rx(&mut self, slot: usize) -> Result<(), DeviceError> {
         let head = self
             .rx
-            .add(&[], &[Buf::new(self.rx_off[slot], self.buf_size)])?;
+            .add(&[], &[Buf::new(self.rx_bufs.offset(slot), self.buf_size)])?;
         // head < num <= N, slot < n_rx <= N <= u16::MAX in any usable queue.
         self.rx_head_slot[usize::from(head)] = slot as u16;
         Ok(())
@@ -410,7 +381,7 @@ impl<T: Transport, const N: usize> ConsoleDriver<T, N> {
             self.rx
                 .region()
                 .read_bytes(
-                    self.rx_off[slot] + self.rx_pos as usize,
+                    self.rx_bufs.offset(slot) + self.rx_pos as usize,
                     &mut out[done..done + n],
                 )
                 .map_err(VirtioError::from)?;
@@ -443,7 +414,7 @@ impl<T: Transport, const N: usize> ConsoleDriver<T, N> {
         let mut done = 0;
         while done < data.len() && self.tx_nfree > 0 {
             let slot = self.tx_free[self.tx_nfree - 1];
-            let off = self.tx_off[usize::from(slot)];
+            let off = self.tx_bufs.offset(usize::from(slot));
             let n = (data.len() - done).min(self.buf_size as usize);
             self.tx
                 .region()

@@ -54,7 +54,7 @@ pub mod console;
 pub mod rng;
 
 use crate::virtio::queue::{DeviceQueue, QueueError, QueueLayout, VIRTIO_RING_F_EVENT_IDX};
-use crate::virtio::{feature, status, DeviceTransport, Transport, VirtioError};
+use crate::virtio::{feature, status, DeviceTransport, QueueMem, Transport, VirtioError};
 
 /// Errors of the virtio devices and drivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +186,74 @@ pub(crate) fn queue_size(max: u16, limit: usize) -> u16 {
     }
     // cap >= 1, so the shift is below 16.
     1u16 << (usize::BITS - 1 - cap.leading_zeros())
+}
+
+/// Driver side: sets up queue `q` with the largest power of two within
+/// `want`, the device's maximum and `cap` (the driver's capacity). A
+/// transport with fixed rings (a remoteproc vdev, whose table sets `num`)
+/// refuses any other size with [`VirtioError::BadQueueSize`]; its own size is
+/// then used if it fits `cap`.
+pub(crate) fn setup_queue<T: Transport>(
+    t: &mut T,
+    q: u16,
+    want: u16,
+    cap: usize,
+) -> Result<QueueMem, DeviceError> {
+    let max = t.max_queue_size(q)?;
+    let size = queue_size(max.min(want), cap);
+    if size == 0 {
+        return Err(DeviceError::BadConfig(
+            "a queue would have no entries (queue_size or the device's maximum is 0)",
+        ));
+    }
+    match t.setup_queue(q, size) {
+        Err(VirtioError::BadQueueSize { max: fixed, .. })
+            if fixed != size && fixed.is_power_of_two() && usize::from(fixed) <= cap =>
+        {
+            Ok(t.setup_queue(q, fixed)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Driver side: a set of `count` equal buffers of `size` bytes, allocated as
+/// one block from the transport's shared memory (transports track few
+/// allocations: remoteproc vdev pools hold 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufferSet {
+    /// Region offset of the block.
+    pub base: usize,
+    /// Distance between buffers (`size` rounded up to 8).
+    pub stride: usize,
+    /// Number of buffers.
+    pub count: usize,
+}
+
+impl BufferSet {
+    pub(crate) fn alloc<T: Transport>(
+        t: &mut T,
+        count: usize,
+        size: u32,
+    ) -> Result<BufferSet, DeviceError> {
+        let too_big = DeviceError::BadConfig("the buffers do not fit the address space");
+        let stride = (size as usize).checked_add(7).ok_or(too_big)? & !7;
+        let total = stride.checked_mul(count).ok_or(too_big)?;
+        let base = t.alloc_shared(total, 8)?;
+        Ok(BufferSet {
+            base,
+            stride,
+            count,
+        })
+    }
+
+    /// Region offset of buffer `i`.
+    pub(crate) fn offset(&self, i: usize) -> usize {
+        self.base + i * self.stride
+    }
+
+    pub(crate) fn free<T: Transport>(&self, t: &mut T) {
+        t.free_shared(self.base, self.stride * self.count);
+    }
 }
 
 /// Driver side: is the device still there and running?

@@ -16,7 +16,7 @@
 
 use super::{
     attach_queue, check_device, device_queue_failed, driver_begin, driver_fail, driver_finish,
-    driver_state, queue_size, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
+    driver_state, setup_queue, BufferSet, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
 };
 use crate::virtio::queue::{Buf, DeviceQueue, DriverQueue};
 use crate::virtio::{id, DeviceTransport, Transport, VirtioError};
@@ -95,7 +95,7 @@ enum Slot {
 pub struct RngDriver<T: Transport, const N: usize = 8> {
     t: T,
     q: DriverQueue<N>,
-    buf_off: [usize; N],
+    bufs: BufferSet,
     slots: [Slot; N],
     head_slot: [u16; N],
     nbufs: usize,
@@ -135,13 +135,13 @@ impl<T: Transport, const N: usize> RngDriver<T, N> {
             ));
         }
         match Self::start(&mut t, cfg) {
-            Ok((q, buf_off, nbufs, features)) => Ok(RngDriver {
+            Ok((q, bufs, features)) => Ok(RngDriver {
                 t,
                 q,
-                buf_off,
+                nbufs: bufs.count,
+                bufs,
                 slots: [Slot::Idle; N],
                 head_slot: [NO_SLOT; N],
-                nbufs,
                 buf_size: cfg.buf_size,
                 features,
             }),
@@ -152,46 +152,24 @@ impl<T: Transport, const N: usize> RngDriver<T, N> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn start(
         t: &mut T,
         cfg: RngDriverConfig,
-    ) -> Result<(DriverQueue<N>, [usize; N], usize, u64), DeviceError> {
+    ) -> Result<(DriverQueue<N>, BufferSet, u64), DeviceError> {
         let features = driver_begin(t, id::ENTROPY, COMMON_DRIVER_FEATURES)?;
         if t.num_queues() < 1 {
             return Err(VirtioError::NoQueue(REQUEST_QUEUE).into());
         }
-        let max = t.max_queue_size(REQUEST_QUEUE)?;
-        let size = queue_size(max.min(cfg.queue_size), N);
-        if size == 0 {
-            return Err(DeviceError::BadConfig(
-                "the request queue would have no entries (queue_size or the device's maximum \
-                 is 0)",
-            ));
-        }
-        let mem = t.setup_queue(REQUEST_QUEUE, size)?;
+        let mem = setup_queue(t, REQUEST_QUEUE, cfg.queue_size, N)?;
         let event_idx = features & 1 << crate::virtio::queue::VIRTIO_RING_F_EVENT_IDX != 0;
         let q = DriverQueue::<N>::new(mem.region, mem.layout, mem.window, event_idx)?;
         let nbufs = usize::from(cfg.buffers).min(usize::from(q.num()));
-        let mut buf_off = [0usize; N];
-        for i in 0..nbufs {
-            match t.alloc_shared(cfg.buf_size as usize, 8) {
-                Ok(off) => buf_off[i] = off,
-                Err(e) => {
-                    for &off in &buf_off[..i] {
-                        t.free_shared(off, cfg.buf_size as usize);
-                    }
-                    return Err(e.into());
-                }
-            }
-        }
+        let bufs = BufferSet::alloc(t, nbufs, cfg.buf_size)?;
         if let Err(e) = driver_finish(t) {
-            for &off in &buf_off[..nbufs] {
-                t.free_shared(off, cfg.buf_size as usize);
-            }
+            bufs.free(t);
             return Err(e);
         }
-        Ok((q, buf_off, nbufs, features))
+        Ok((q, bufs, features))
     }
 
     /// The features negotiated with the device.
@@ -257,7 +235,7 @@ impl<T: Transport, const N: usize> RngDriver<T, N> {
             }
             let head = self
                 .q
-                .add(&[], &[Buf::new(self.buf_off[i], self.buf_size)])?;
+                .add(&[], &[Buf::new(self.bufs.offset(i), self.buf_size)])?;
             // head < num <= N (the queue checked num against N).
             self.head_slot[usize::from(head)] = i as u16;
             self.slots[i] = Slot::Posted;
@@ -304,7 +282,7 @@ impl<T: Transport, const N: usize> RngDriver<T, N> {
             let n = ((len - pos) as usize).min(out.len() - done);
             self.q
                 .region()
-                .read_bytes(self.buf_off[i] + pos as usize, &mut out[done..done + n])
+                .read_bytes(self.bufs.offset(i) + pos as usize, &mut out[done..done + n])
                 .map_err(VirtioError::from)?;
             done += n;
             // n <= len - pos, a u32.
@@ -364,9 +342,7 @@ impl<T: Transport, const N: usize> RngDriver<T, N> {
         if let Err(e) = self.t.set_status(0) {
             log::warn!("virtio-rng: reset on shutdown failed: {e}");
         }
-        for &off in &self.buf_off[..self.nbufs] {
-            self.t.free_shared(off, self.buf_size as usize);
-        }
+        self.bufs.free(&mut self.t);
         self.t
     }
 }

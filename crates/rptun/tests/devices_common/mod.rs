@@ -1,19 +1,24 @@
 //! Shared set-up for the device tests: links (a driver transport and the
 //! matching device transport in one process) and wait helpers.
 //!
-//! Only the virtio-mmio transport exists on this branch so far; the
-//! remoteproc vdev transport gets a `vdev_link` here once it is merged, and
-//! every test runs over each link in `links()`.
+//! Every test runs over each link in `links()`: virtio-mmio (legacy and
+//! with EVENT_IDX) and a remoteproc vdev (master drives; remote drives with
+//! EVENT_IDX).
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use rptun::remoteproc::addr::{AddrEnv, AddrEnvEntry, AddressMap, PhysMap};
+use rptun::remoteproc::platform::{Doorbell, LinkMap, Notify, PlatformError, TableLocation};
+use rptun::remoteproc::table::{adopt, assign, LinkTable};
+use rptun::remoteproc::vdev::{VdevDevice, VdevDriver, VdevLink};
 use rptun::shm::Region;
 use rptun::virtio::mmio::{MmioDevice, MmioDeviceInfo, MmioHooks, MmioTransport, SharedMemory};
 use rptun::virtio::queue::Window;
-use rptun::virtio::{feature, DeviceTransport, QueueMem, Transport, VirtioError};
+use rptun::virtio::{feature, DeviceTransport, QueueMem, Role, Transport, VirtioError};
+use rptun::wire::rsc::{Carveout, Name, TableBuilder, Vdev, Vring, ANY};
 
 /// Shared "physical" address of the window start.
 pub const PA: u64 = 0x8000_0000;
@@ -137,16 +142,131 @@ pub fn mmio_link_with_bells(
 /// "virtio-mmio" is a legacy device (no features: ring flags suppress
 /// notifications); "virtio-mmio+event-idx" offers `VERSION_1` and
 /// `EVENT_IDX`, so the drivers go through FEATURES_OK and both sides use the
-/// event-index fields.
+/// event-index fields. "vdev/master-drives" is a remoteproc vdev whose
+/// master (the side that assigns the table) is the driver, as in NuttX's
+/// simulator; "vdev/remote-drives+event-idx" has `reserved[0] = 1` (the
+/// remote is the driver) and offers `EVENT_IDX`.
 pub fn links(device_id: u32, queue_max: &[u16], config: &[u8]) -> Vec<(&'static str, Link)> {
     let modern = 1 << feature::VERSION_1 | 1 << feature::RING_EVENT_IDX;
+    let event_idx = 1u32 << feature::RING_EVENT_IDX;
+    let nq = queue_max.len();
     vec![
         ("virtio-mmio", mmio_link(device_id, queue_max, config)),
         (
             "virtio-mmio+event-idx",
             mmio_link_with(device_id, modern, queue_max, config),
         ),
+        (
+            "vdev/master-drives",
+            vdev_link(device_id, 0, nq, config, true, None).0,
+        ),
+        (
+            "vdev/remote-drives+event-idx",
+            vdev_link(device_id, event_idx, nq, config, false, None).0,
+        ),
     ]
+}
+
+// ---- remoteproc vdev links -------------------------------------------------
+
+/// Shared "physical" base of a vdev link's region.
+pub const VDEV_BASE: u64 = 0x4000_0000;
+/// Where the resource table lives (as in NuttX's simulator).
+const RSC: usize = 0x18;
+const RSC_MAX: usize = 0x400;
+/// The vdev's carveout: vrings at its front, the driver's pool after them.
+const CARVEOUT_DA: u32 = 0x1000;
+
+/// A doorbell that rings a [`Bell`] (or nothing).
+#[derive(Clone, Default)]
+pub struct BellNotify(pub Option<Arc<Bell>>);
+
+impl Notify for BellNotify {
+    fn notify(&self, _target: Doorbell) -> Result<(), PlatformError> {
+        if let Some(b) = &self.0 {
+            b.ring();
+        }
+        Ok(())
+    }
+}
+
+fn vdev_map() -> LinkMap {
+    let env = AddrEnv::from_entries(&[AddrEnvEntry {
+        pa: VDEV_BASE,
+        da: 0,
+        size: REGION_LEN as u64,
+    }])
+    .unwrap();
+    AddressMap::new(env, PhysMap::new(VDEV_BASE, REGION_LEN).unwrap())
+}
+
+/// A remoteproc link with one vdev (`nq` vrings of 8 entries, align 8, as
+/// NuttX's tables) and its carveout, assigned by the master and adopted by
+/// the remote in one region. `master_drives` selects `reserved[0]`. With
+/// `bells`, each side's doorbell rings the other's bell.
+pub fn vdev_link(
+    device_id: u32,
+    dfeatures: u32,
+    nq: usize,
+    config: &[u8],
+    master_drives: bool,
+    bells: Option<&Bells>,
+) -> (Link, Region) {
+    let region = Region::new_heap(REGION_LEN);
+    let mut b = TableBuilder::new_vec(2).unwrap();
+    let v = Vdev {
+        id: device_id,
+        notifyid: ANY,
+        dfeatures,
+        reserved: [u8::from(!master_drives), 0],
+        ..Vdev::default()
+    };
+    let ring = Vring {
+        da: ANY,
+        align: 8,
+        num: 8,
+        notifyid: ANY,
+        reserved: 0,
+    };
+    b.add_vdev(&v, &vec![ring; nq], config).unwrap();
+    b.add_carveout(&Carveout {
+        da: CARVEOUT_DA,
+        pa: ANY,
+        len: (REGION_LEN - CARVEOUT_DA as usize) as u32,
+        name: Name::new("dev_shm").unwrap(),
+        ..Carveout::default()
+    })
+    .unwrap();
+    let table = b.finish_vec().unwrap();
+    region.write_bytes(RSC, &table).unwrap();
+    let loc = TableLocation {
+        offset: RSC,
+        max_len: RSC_MAX,
+    };
+    let mut scratch = vec![0u8; RSC_MAX];
+    let first = |t: LinkTable| *t.vdev(0).unwrap().as_ref().unwrap();
+    let master = first(assign(&region, loc, &vdev_map(), &mut scratch).unwrap());
+    let remote = first(adopt(&region, loc, &vdev_map(), &mut scratch).unwrap());
+    let (drv_info, dev_info) = if master_drives {
+        (master, remote)
+    } else {
+        (remote, master)
+    };
+    assert_eq!((drv_info.role, dev_info.role), (Role::Driver, Role::Device));
+    // The driver's doorbell rings the device's bell and vice versa.
+    let (to_dev, to_drv) = match bells {
+        Some(b) => (
+            BellNotify(Some(b.device.clone())),
+            BellNotify(Some(b.driver.clone())),
+        ),
+        None => (BellNotify(None), BellNotify(None)),
+    };
+    let drv = VdevDriver::new(VdevLink::new(region.clone(), vdev_map(), drv_info, to_dev)).unwrap();
+    let dev = VdevDevice::new(VdevLink::new(region.clone(), vdev_map(), dev_info, to_drv)).unwrap();
+    (
+        (DynTransport(Box::new(drv)), DynDevice(Box::new(dev))),
+        region,
+    )
 }
 
 /// A `wait` closure for the drivers: yields the CPU and gives up after
