@@ -397,3 +397,25 @@ fn small_configurations_and_wrong_devices() {
         assert_eq!(drv.poll().unwrap().readable, 16, "{name}");
     }
 }
+
+#[test]
+fn a_driver_restart_the_device_did_not_see_is_noticed() {
+    for (name, (t, d)) in console_links() {
+        let mut drv = ConsoleDriver::new(t).unwrap();
+        let mut dev = ConsoleDevice::new(d).unwrap();
+        assert_eq!(dev.write(b"one").unwrap(), 3);
+        let mut buf = [0u8; 3];
+        drv.read_exact(&mut buf, tries(1)).unwrap();
+        drv.write_all(b"x", tries(1)).unwrap();
+        assert_eq!(dev.read(&mut buf).unwrap(), 1);
+        // Reset and re-initialise while the device is not looking.
+        let mut drv = ConsoleDriver::new(drv.shutdown()).unwrap();
+        assert_eq!(dev.write(b"two"), Err(DeviceError::Reset), "{name}");
+        assert_eq!(dev.write(b"two"), Ok(3), "{name}");
+        drv.read_exact(&mut buf, tries(1)).unwrap();
+        assert_eq!(&buf, b"two", "{name}");
+        drv.write_all(b"up", tries(1)).unwrap();
+        assert_eq!(dev.read(&mut buf).unwrap(), 2, "{name}");
+        assert_eq!(&buf[..2], b"up", "{name}");
+    }
+}

@@ -390,3 +390,20 @@ fn wrong_device_ids_and_empty_configs_are_refused() {
         Err(DeviceError::BadConfig(_))
     ));
 }
+
+#[test]
+fn a_driver_restart_the_device_did_not_see_is_noticed() {
+    for (name, (t, d)) in rng_links() {
+        let mut drv = RngDriver::new(t).unwrap();
+        let mut dev = RngDevice::new(d, stream_source(8)).unwrap();
+        let mut out = [0u8; 16];
+        drv.fill(&mut out).unwrap();
+        assert_eq!(dev.poll(), Ok(1));
+        // Reset and re-initialise while the device is not looking.
+        let mut drv = RngDriver::new(drv.shutdown()).unwrap();
+        assert_eq!(drv.fill(&mut out).unwrap(), 0);
+        assert_eq!(dev.poll(), Err(DeviceError::Reset), "{name}");
+        assert_eq!(dev.poll(), Ok(1), "{name}");
+        assert_eq!(drv.fill(&mut out).unwrap(), 16, "{name}");
+    }
+}

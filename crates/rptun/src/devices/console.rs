@@ -27,7 +27,8 @@
 
 use super::{
     attach_queue, check_device, device_queue_failed, driver_begin, driver_fail, driver_finish,
-    driver_state, setup_queue, BufferSet, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
+    driver_state, queue_still_valid, setup_queue, BufferSet, DeviceError, DriverState,
+    COMMON_DRIVER_FEATURES,
 };
 use crate::virtio::queue::{Buf, Chain, DeviceQueue, DriverQueue, VIRTIO_RING_F_EVENT_IDX};
 use crate::virtio::{id, DeviceTransport, Transport, VirtioError};
@@ -592,11 +593,20 @@ impl<D: DeviceTransport, const M: usize> ConsoleDevice<D, M> {
             // The driver reset the device since it failed.
             _ => self.failed = false,
         }
-        if self.rx.is_some() && self.tx.is_some() {
-            return Ok(true);
+        if let (Some(rx), Some(tx)) = (&self.rx, &self.tx) {
+            if queue_still_valid(&self.t, RECEIVE_QUEUE, rx)
+                && queue_still_valid(&self.t, TRANSMIT_QUEUE, tx)
+            {
+                return Ok(true);
+            }
+            // The driver re-initialised the device behind our back.
+            self.rx = None;
+            self.tx = None;
+            self.cur = None;
+            return Err(DeviceError::Reset);
         }
         let r = attach_queue(&self.t, RECEIVE_QUEUE)
-            .and_then(|(rx, _)| attach_queue(&self.t, TRANSMIT_QUEUE).map(|(tx, _)| (rx, tx)));
+            .and_then(|rx| attach_queue(&self.t, TRANSMIT_QUEUE).map(|tx| (rx, tx)));
         match r {
             Ok((rx, tx)) => {
                 self.rx = Some(rx);

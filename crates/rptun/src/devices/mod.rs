@@ -53,7 +53,7 @@ pub mod console;
 #[cfg(feature = "rng")]
 pub mod rng;
 
-use crate::virtio::queue::{DeviceQueue, QueueError, QueueLayout, VIRTIO_RING_F_EVENT_IDX};
+use crate::virtio::queue::{DeviceQueue, QueueError, VIRTIO_RING_F_EVENT_IDX};
 use crate::virtio::{feature, status, DeviceTransport, QueueMem, Transport, VirtioError};
 
 /// Errors of the virtio devices and drivers.
@@ -297,17 +297,34 @@ pub(crate) fn driver_state<D: DeviceTransport>(t: &D) -> Result<DriverState, Dev
 
 /// Device side: attaches to queue `q` as its device, with EVENT_IDX if the
 /// driver accepted it.
-pub(crate) fn attach_queue<D: DeviceTransport>(
-    t: &D,
-    q: u16,
-) -> Result<(DeviceQueue, QueueLayout), DeviceError> {
+pub(crate) fn attach_queue<D: DeviceTransport>(t: &D, q: u16) -> Result<DeviceQueue, DeviceError> {
     let event_idx = t
         .driver_features()
         .map(|f| f & 1 << VIRTIO_RING_F_EVENT_IDX != 0)?;
     let mem = t.queue(q)?;
-    let layout = mem.layout;
-    let dq = DeviceQueue::new(mem.region, mem.layout, mem.window, event_idx)?;
-    Ok((dq, layout))
+    Ok(DeviceQueue::new(
+        mem.region, mem.layout, mem.window, event_idx,
+    )?)
+}
+
+/// Device side: true while the driver still runs the ring `dq` attached to.
+///
+/// A driver can reset and re-initialise the device between two calls of
+/// the device, so the device never sees the status without `DRIVER_OK`.
+/// Two things reveal it: the transport places the queue elsewhere (an MMIO
+/// driver allocates new rings), or `used.idx` no longer holds what this
+/// device published (only the device writes it; a re-initialising driver
+/// zeroes it). The one case left unseen, a re-initialised ring at the same
+/// place while our `used.idx` was still 0, is a ring in the state a fresh
+/// attach would find.
+pub(crate) fn queue_still_valid<D: DeviceTransport>(t: &D, q: u16, dq: &DeviceQueue) -> bool {
+    let Ok(mem) = t.queue(q) else {
+        return false;
+    };
+    if mem.layout != *dq.layout() || mem.window != *dq.window() {
+        return false;
+    }
+    matches!(dq.region().load_u16(dq.layout().used_idx()), Ok(v) if v == dq.indices().used_idx)
 }
 
 /// Device side: what a device does with an error of its own queue

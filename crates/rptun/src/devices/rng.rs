@@ -16,7 +16,8 @@
 
 use super::{
     attach_queue, check_device, device_queue_failed, driver_begin, driver_fail, driver_finish,
-    driver_state, setup_queue, BufferSet, DeviceError, DriverState, COMMON_DRIVER_FEATURES,
+    driver_state, queue_still_valid, setup_queue, BufferSet, DeviceError, DriverState,
+    COMMON_DRIVER_FEATURES,
 };
 use crate::virtio::queue::{Buf, DeviceQueue, DriverQueue};
 use crate::virtio::{id, DeviceTransport, Transport, VirtioError};
@@ -449,9 +450,16 @@ impl<D: DeviceTransport, E: EntropySource> RngDevice<D, E> {
             // The driver reset the device since it failed.
             _ => self.failed = false,
         }
+        if let Some(q) = &self.q {
+            if !queue_still_valid(&self.t, REQUEST_QUEUE, q) {
+                // The driver re-initialised the device behind our back.
+                self.q = None;
+                return Err(DeviceError::Reset);
+            }
+        }
         if self.q.is_none() {
             match attach_queue(&self.t, REQUEST_QUEUE) {
-                Ok((q, _)) => self.q = Some(q),
+                Ok(q) => self.q = Some(q),
                 Err(DeviceError::Virtio(VirtioError::NotReady(_))) => return Ok(0),
                 Err(e) => {
                     self.failed = device_queue_failed(&mut self.t, &e);
