@@ -729,10 +729,22 @@ impl<T: DeviceTransport, const N: usize> RpmsgTransport for RpmsgVirtioDevice<T,
             self.stats.dropped_small
         )?;
         if let Some(q) = &self.txq {
-            describe_ring(out, "vring0", "tx", &q.indices(), None)?;
+            describe_ring(
+                out,
+                "vring0",
+                "tx",
+                &q.indices(),
+                ("pending", Self::avail_pending(q)),
+            )?;
         }
         if let Some(q) = &self.rxq {
-            describe_ring(out, "vring1", "rx", &q.indices(), None)?;
+            describe_ring(
+                out,
+                "vring1",
+                "rx",
+                &q.indices(),
+                ("pending", Self::avail_pending(q)),
+            )?;
         }
         Ok(())
     }

@@ -897,10 +897,10 @@ impl<T: Transport, const N: usize> RpmsgTransport for RpmsgVirtioDriver<T, N> {
             self.rx_pool.size
         )?;
         if let Some(q) = &self.rxq {
-            describe_ring(out, "vring0", "rx", &q.indices(), Some(q.num_free()))?;
+            describe_ring(out, "vring0", "rx", &q.indices(), ("free", q.num_free()))?;
         }
         if let Some(q) = &self.txq {
-            describe_ring(out, "vring1", "tx", &q.indices(), Some(q.num_free()))?;
+            describe_ring(out, "vring1", "tx", &q.indices(), ("free", q.num_free()))?;
         }
         Ok(())
     }

@@ -420,7 +420,7 @@ pub(crate) fn describe_ring(
     name: &str,
     what: &str,
     i: &QueueIndices,
-    free: Option<usize>,
+    extra: (&str, usize),
 ) -> fmt::Result {
     write!(
         out,
@@ -428,9 +428,7 @@ pub(crate) fn describe_ring(
          in_flight {}",
         i.num, i.avail_idx, i.used_idx, i.last_avail, i.last_used, i.in_flight
     )?;
-    if let Some(f) = free {
-        write!(out, " free {f}")?;
-    }
+    write!(out, " {} {}", extra.0, extra.1)?;
     if i.broken {
         out.write_str(" BROKEN")?;
     }
