@@ -3,6 +3,8 @@
 //! the other, both in this process over one heap region.
 #![allow(dead_code)]
 
+pub mod scenarios;
+
 use std::sync::Arc;
 
 use rptun::rpmsg::virtio::{RpmsgVirtioDevice, RpmsgVirtioDriver, RpmsgVirtioOptions};
