@@ -59,6 +59,37 @@
 //! bytes, and descriptor and used lengths are the whole buffer (512): the
 //! payload length is only in the rpmsg header (Linux and OpenAMP peers work
 //! this way, DESIGN.md §10).
+//!
+//! # Wiring (what a platform or the simulator calls)
+//!
+//! Driver side (the master, by default):
+//!
+//! ```text
+//! let t = VdevDriver::new(link)?;                     // or an MmioTransport
+//! let drv = RpmsgVirtioDriver::<_, 8>::start_new(t, RpmsgVirtioOptions::new(local, remote))?;
+//! let mut link = Link::new(drv);                      // or bus.add_link(...)
+//! on every doorbell for the vdev or its vrings (and whenever convenient):
+//!     link.poll()?;
+//!     if let Some(DownReason::NeedsReset | DownReason::Broken(_)) =
+//!         link.transport().down_reason() { link.transport_mut().restart()?; }
+//! when the remote core stops: link.transport_mut().stop();
+//! ```
+//!
+//! Device side (the remote):
+//!
+//! ```text
+//! let dev = RpmsgVirtioDevice::<_, 8>::new(VdevDevice::new(link)?, options);
+//! let mut link = Link::new(dev);
+//! on every doorbell (and periodically until the link is up): link.poll()?;
+//! ```
+//!
+//! The device attaches on the first poll that sees `DRIVER_OK` and follows
+//! the driver's resets by itself: a status without `DRIVER_OK`, or used rings
+//! it did not write (the driver re-initialised them between two polls). When
+//! the platform learns by other means that the master restarted (a boot
+//! handshake, an MMIO status hook), calling
+//! [`RpmsgVirtioDevice::start`] forces a fresh attach on the next poll.
+//! Neither role ever blocks; buffers are polled, doorbells only say when.
 #![forbid(unsafe_code)]
 
 mod config;
