@@ -198,3 +198,75 @@ fn device_on_nuttx_after_boot_announces_into_nuttx_buffers() {
     // the device notified vring0.
     assert_eq!(link.transport().transport().notified, vec![0]);
 }
+
+mod through_the_remoteproc_vdev_transport {
+    use super::*;
+    use rptun::remoteproc::addr::{AddrEnv, AddrEnvEntry, AddressMap, PhysMap};
+    use rptun::remoteproc::platform::{Doorbell, LinkMap, Notify, PlatformError, TableLocation};
+    use rptun::remoteproc::table::adopt;
+    use rptun::remoteproc::vdev::{VdevDevice, VdevLink};
+
+    const BASE: u64 = 0xf3d5_c000;
+
+    #[derive(Clone, Default)]
+    struct Bells(std::sync::Arc<std::sync::Mutex<Vec<Doorbell>>>);
+
+    impl Notify for Bells {
+        fn notify(&self, target: Doorbell) -> Result<(), PlatformError> {
+            self.0.lock().unwrap().push(target);
+            Ok(())
+        }
+    }
+
+    fn map(len: usize) -> LinkMap {
+        let env = AddrEnv::from_entries(&[AddrEnvEntry {
+            pa: BASE,
+            da: 0,
+            size: len as u64,
+        }])
+        .unwrap();
+        AddressMap::new(env, PhysMap::new(BASE, len).unwrap())
+    }
+
+    #[test]
+    fn remote_adopting_the_nuttx_table_finds_the_8_posted_rx_buffers() {
+        let region = copy_of(AFTER_BOOT);
+        let loc = TableLocation {
+            offset: TABLE,
+            max_len: region.len() - TABLE,
+        };
+        let mut scratch = vec![0u8; loc.max_len];
+        let table = adopt(&region, loc, &map(region.len()), &mut scratch).unwrap();
+        // The third vdev is rpmsg (after the two entropy devices).
+        let info = *table.vdev(2).unwrap().as_ref().unwrap();
+        assert_eq!(info.id, id::RPMSG);
+        let bells = Bells::default();
+        let t = VdevDevice::new(VdevLink::new(
+            region.clone(),
+            map(region.len()),
+            info,
+            bells.clone(),
+        ))
+        .unwrap();
+        let mut dev = RpmsgVirtioDevice::<_, 8>::new(t, proxy());
+        dev.poll().unwrap();
+        assert!(dev.link_session().is_some());
+        assert_eq!(dev.remote_cpu().as_str(), "server");
+        assert_eq!(dev.features(), RpmsgFeatures::NUTTX);
+        let mut tokens = Vec::new();
+        while let Some(tb) = dev.get_tx().unwrap() {
+            tokens.push(tb);
+            assert!(tokens.len() <= 8);
+        }
+        let mut got: Vec<(usize, usize)> = tokens.iter().map(|t| (t.offset, t.size)).collect();
+        got.sort_unstable();
+        let want: Vec<(usize, usize)> = (0..8).map(|i| (132_000 + i * 1536, 1536)).collect();
+        assert_eq!(got, want);
+        assert_eq!(dev.recv().unwrap(), None);
+        // Sending one rings vring0's notify id (5 in NuttX's table): its
+        // avail.flags asks for interrupts.
+        assert!(bells.0.lock().unwrap().is_empty());
+        dev.send(tokens[0], 16).unwrap();
+        assert_eq!(*bells.0.lock().unwrap(), vec![Doorbell::Id(5)]);
+    }
+}
