@@ -287,3 +287,28 @@ fn driver_restart_over_a_vdev_brings_a_new_session() {
     pump(&mut a, &mut b);
     assert!(!a.is_up() && !b.is_up());
 }
+
+#[test]
+fn a_driver_too_small_for_the_tables_vrings_says_so() {
+    let region = Region::new_heap(REGION_LEN);
+    region
+        .write_bytes(RSC, &table(0xf, 16, &nuttx_config()))
+        .unwrap();
+    let loc = TableLocation {
+        offset: RSC,
+        max_len: RSC_MAX,
+    };
+    let mut scratch = vec![0u8; RSC_MAX];
+    let m = assign(&region, loc, &map(), &mut scratch).unwrap();
+    let info = *m.vdev(0).unwrap().as_ref().unwrap();
+    let t = VdevDriver::new(VdevLink::new(region, map(), info, Bell::default())).unwrap();
+    let (err, _t) = RpmsgVirtioDriver::<_, 8>::start_new(t, driver_opts()).unwrap_err();
+    assert_eq!(
+        err,
+        rptun::rpmsg::virtio::RpmsgVirtioError::QueueTooLarge {
+            queue: 0,
+            num: 16,
+            max: 8
+        }
+    );
+}

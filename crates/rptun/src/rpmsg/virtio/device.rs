@@ -48,6 +48,14 @@ enum State {
 /// `N` is the largest vring size it handles (per-descriptor bookkeeping of
 /// about 14 bytes per entry and vring).
 ///
+/// Everything the driver posts is untrusted. rpmsg buffers are single
+/// descriptors: a buffer in the wrong direction (readable on vring0,
+/// writable on vring1), a chain of several descriptors, a descriptor the
+/// device still holds, or any ring corruption the queue detects takes the
+/// link down and sets `DEVICE_NEEDS_RESET`. A vring0 buffer smaller than the
+/// negotiated size is returned unused (used length 0) and counted in
+/// [`VirtioStats::dropped_small`](super::VirtioStats::dropped_small).
+///
 /// Life cycle: [`new`](Self::new) (no I/O) and use it under an rpmsg
 /// [`Link`](crate::rpmsg::Link): every [`poll`](RpmsgTransport::poll)
 /// checks the status byte; the first one that sees `DRIVER_OK` attaches

@@ -466,7 +466,18 @@ impl<T: Transport, const N: usize> RpmsgVirtioDriver<T, N> {
                 max: max as u16,
             }));
         }
-        let mem = self.t.setup_queue(q, size)?;
+        let mem = match self.t.setup_queue(q, size) {
+            // A transport with a fixed ring size (a remoteproc vring) larger
+            // than this instance can shadow.
+            Err(VirtioError::BadQueueSize { .. }) if max > N => {
+                return Err(RpmsgVirtioError::QueueTooLarge {
+                    queue: q,
+                    num: u16::try_from(max).unwrap_or(u16::MAX),
+                    max: N,
+                })
+            }
+            r => r?,
+        };
         if usize::from(mem.layout.num) > N {
             return Err(RpmsgVirtioError::QueueTooLarge {
                 queue: q,
