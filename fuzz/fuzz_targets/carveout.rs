@@ -139,11 +139,15 @@ fuzz_target!(|input: Input| {
     let (start, len, pa_start) = if input.raw_geometry {
         (input.start, input.len as usize, input.pa_start)
     } else {
-        (input.start % 0x10_0000, (input.len % 0x1_0000) as usize, input.pa_start)
+        (
+            input.start % 0x10_0000,
+            (input.len % 0x1_0000) as usize,
+            input.pa_start,
+        )
     };
     let created = Carveout::<N>::new(start, len, pa_start);
-    let fits = start.checked_add(len).is_some()
-        && u128::from(pa_start) + len as u128 <= 1u128 << 64;
+    let fits =
+        start.checked_add(len).is_some() && u128::from(pa_start) + len as u128 <= 1u128 << 64;
     let mut c = match created {
         Ok(c) => {
             assert!(fits);
@@ -155,7 +159,10 @@ fuzz_target!(|input: Input| {
             return;
         }
     };
-    assert_eq!((c.start(), c.len(), c.end(), c.is_empty()), (start, len, start + len, len == 0));
+    assert_eq!(
+        (c.start(), c.len(), c.end(), c.is_empty()),
+        (start, len, start + len, len == 0)
+    );
     let mut m = Model {
         start,
         len,
@@ -185,9 +192,20 @@ fuzz_target!(|input: Input| {
                             assert!(!m.overlaps(off, size));
                             let pa = c.pa_of(off).unwrap();
                             assert_eq!(pa % align as u64, 0, "misaligned physical address");
-                            m.blocks.push(Block { offset: off, len: size });
+                            m.blocks.push(Block {
+                                offset: off,
+                                len: size,
+                            });
                         }
-                        (Err(CarveoutError::OutOfMemory { size: s, align: a, free, largest_free }), None) => {
+                        (
+                            Err(CarveoutError::OutOfMemory {
+                                size: s,
+                                align: a,
+                                free,
+                                largest_free,
+                            }),
+                            None,
+                        ) => {
                             assert_eq!((s, a), (size, align));
                             assert_eq!(free, m.len - m.used());
                             assert_eq!(largest_free, c.stats().largest_free);
@@ -207,13 +225,22 @@ fuzz_target!(|input: Input| {
                 let want = if l == 0 {
                     Err(CarveoutError::ZeroSize)
                 } else if !inside {
-                    Err(CarveoutError::OutOfRange { offset: off, len: l })
+                    Err(CarveoutError::OutOfRange {
+                        offset: off,
+                        len: l,
+                    })
                 } else if m.overlaps(off, l) {
-                    Err(CarveoutError::NotFree { offset: off, len: l })
+                    Err(CarveoutError::NotFree {
+                        offset: off,
+                        len: l,
+                    })
                 } else if m.blocks.len() == N {
                     Err(CarveoutError::TableFull { capacity: N })
                 } else {
-                    m.blocks.push(Block { offset: off, len: l });
+                    m.blocks.push(Block {
+                        offset: off,
+                        len: l,
+                    });
                     Ok(())
                 };
                 assert_eq!(r, want);
@@ -236,7 +263,10 @@ fuzz_target!(|input: Input| {
                         let b = m.blocks.swap_remove(i);
                         assert_eq!(c.free(off), Ok(b.len));
                     }
-                    None => assert_eq!(c.free(off), Err(CarveoutError::NotAllocated { offset: off })),
+                    None => assert_eq!(
+                        c.free(off),
+                        Err(CarveoutError::NotAllocated { offset: off })
+                    ),
                 }
             }
             Op::Reset => {

@@ -77,7 +77,10 @@ fn check(img: &ElfImage<'_>, data: &[u8], segs: &[Seg], map: &dyn DaTranslate, s
                 assert!(!e.to_string().is_empty());
                 match e {
                     ElfError::SegmentNotMapped { index, .. } => {
-                        let s = segs.iter().find(|s| s.index == index).expect("a loadable index");
+                        let s = segs
+                            .iter()
+                            .find(|s| s.index == index)
+                            .expect("a loadable index");
                         assert!(
                             window(addr_of(s), s.memsz, start).is_none(),
                             "segment {index} refused though it maps"
@@ -105,7 +108,10 @@ fn check(img: &ElfImage<'_>, data: &[u8], segs: &[Seg], map: &dyn DaTranslate, s
                     model[dest + s.filesz..dest + memsz].fill(0);
                 }
                 assert!(model == after, "loaded region differs from the model");
-                assert_eq!(loaded.resource_table, img.resource_table(Some(map)).unwrap());
+                assert_eq!(
+                    loaded.resource_table,
+                    img.resource_table(Some(map)).unwrap()
+                );
                 if let Some(rt) = loaded.resource_table {
                     assert!(rt.file_offset + rt.size <= data.len());
                     if let Some(off) = rt.region_offset {

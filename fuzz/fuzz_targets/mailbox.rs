@@ -253,7 +253,10 @@ impl World {
                 assert_ne!(decode(before).1, val, "ACK value repeated");
             }
         } else {
-            assert_eq!(self.slots[i], before, "poll without a command wrote its slot");
+            assert_eq!(
+                self.slots[i], before,
+                "poll without a command wrote its slot"
+            );
         }
         got
     }
@@ -296,8 +299,14 @@ fuzz_target!(|input: Input| {
         }
         other => panic!("the two sides disagree on the slots: {other:?}"),
     };
-    assert_eq!((a.my_slot_offset(), a.peer_slot_offset()), (slot_off[0], slot_off[1]));
-    assert_eq!((b.my_slot_offset(), b.peer_slot_offset()), (slot_off[1], slot_off[0]));
+    assert_eq!(
+        (a.my_slot_offset(), a.peer_slot_offset()),
+        (slot_off[0], slot_off[1])
+    );
+    assert_eq!(
+        (b.my_slot_offset(), b.peer_slot_offset()),
+        (slot_off[1], slot_off[0])
+    );
     let pat = u32::from_le_bytes([PATTERN; 4]);
     let mut w = World {
         region,

@@ -52,11 +52,19 @@ fn check(bytes: &[u8], layout: ConfigLayout) {
                     assert!(bytes.len() < layout.min_len());
                 }
                 ConfigError::CpuNameUnterminated { field } => {
-                    let at = if field == "host_cpuname" { host_at } else { remote_at };
+                    let at = if field == "host_cpuname" {
+                        host_at
+                    } else {
+                        remote_at
+                    };
                     assert!(!bytes[at..at + CPUNAME_LEN].contains(&0));
                 }
                 ConfigError::CpuNameNotUtf8 { field } => {
-                    let at = if field == "host_cpuname" { host_at } else { remote_at };
+                    let at = if field == "host_cpuname" {
+                        host_at
+                    } else {
+                        remote_at
+                    };
                     let raw = &bytes[at..at + CPUNAME_LEN];
                     let end = raw.iter().position(|&b| b == 0).unwrap();
                     assert!(core::str::from_utf8(&raw[..end]).is_err());
@@ -77,14 +85,20 @@ fn check(bytes: &[u8], layout: ConfigLayout) {
         ConfigLayout::Legacy => assert_eq!((cfg.h2r_buf_addr, cfg.r2h_buf_addr), (0, 0)),
     }
     check_name(&cfg.host_cpuname, &bytes[host_at..host_at + CPUNAME_LEN]);
-    check_name(&cfg.remote_cpuname, &bytes[remote_at..remote_at + CPUNAME_LEN]);
+    check_name(
+        &cfg.remote_cpuname,
+        &bytes[remote_at..remote_at + CPUNAME_LEN],
+    );
 
     // Encoding reproduces the fields and zeroes the reserved part.
     let out = cfg.to_bytes(layout).unwrap();
     let min = layout.min_len();
     assert_eq!(&out[..host_at], &bytes[..host_at]);
     assert_eq!(&out[host_at..host_at + CPUNAME_LEN], cfg.host_cpuname.raw());
-    assert_eq!(&out[remote_at..remote_at + CPUNAME_LEN], cfg.remote_cpuname.raw());
+    assert_eq!(
+        &out[remote_at..remote_at + CPUNAME_LEN],
+        cfg.remote_cpuname.raw()
+    );
     assert!(out[min..].iter().all(|&b| b == 0));
     assert_eq!(RpmsgConfig::parse(&out, layout).unwrap(), cfg);
 

@@ -138,7 +138,12 @@ fn check_table(t: &ResourceTable<'_>, bytes: &[u8]) -> bool {
     // The parser promises that no two entries share bytes.
     ranges.sort_unstable();
     for w in ranges.windows(2) {
-        assert!(w[0].1 <= w[1].0, "entries overlap: {:?} and {:?}", w[0], w[1]);
+        assert!(
+            w[0].1 <= w[1].0,
+            "entries overlap: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
     }
     // Filtered views agree with the full walk.
     let vdevs = t.entries().filter(|e| matches!(e, Entry::Vdev(_))).count();
@@ -214,7 +219,8 @@ fuzz_target!(|bytes: &[u8]| {
     }
     // Bytes past the extent are not part of the table: cutting them off
     // changes nothing (a trailing vendor entry reaches the end anyway).
-    let cut = ResourceTable::parse(&bytes[..t.extent()], &relaxed).expect("table cut at its extent");
+    let cut =
+        ResourceTable::parse(&bytes[..t.extent()], &relaxed).expect("table cut at its extent");
     assert!(t.entries().eq(cut.entries()));
     assert_eq!(cut.extent(), t.extent());
     if check_table(&t, bytes) {

@@ -749,6 +749,7 @@ impl<T: RpmsgTransport + 'static> Link<T> {
             // The endpoint was destroyed meanwhile: allowed with an explicit
             // destination, from its old address.
             None => match dst {
+                Some(ADDR_ANY) => Err(RpmsgError::NotBound),
                 Some(d) => self.check_up().map(|_| (lease.ept_addr, d)),
                 None => Err(RpmsgError::NoEndpoint),
             },
@@ -976,9 +977,12 @@ impl<T: RpmsgTransport + 'static> Link<T> {
         };
         let handler = match self.ept_mut(id) {
             Some(e) => {
-                if e.dest == ADDR_ANY {
+                if e.dest == ADDR_ANY && hdr.src != ADDR_ANY && hdr.src != NS_ADDR {
                     // As OpenAMP: the first message tells an unbound
-                    // endpoint where its peer is.
+                    // endpoint where its peer is. Not a message "from" ANY
+                    // or the name-service address: no endpoint may be bound
+                    // to those (it would stay unbound while claiming a
+                    // binding, or send its data to the peer's name service).
                     e.dest = hdr.src;
                     e.binding = Binding::FirstMessage;
                 }

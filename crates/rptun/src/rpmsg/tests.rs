@@ -277,6 +277,63 @@ fn first_message_binds_an_unbound_endpoint() {
 }
 
 #[test]
+fn a_first_message_from_any_or_the_name_service_address_does_not_bind() {
+    // Found by the rpmsg_link fuzz target: a hostile peer sending from ANY
+    // left the endpoint "bound (first message)" to ANY; sending from 0x35
+    // bound it to the peer's name service.
+    let (mut a, mut b) = links(LoopbackConfig {
+        features: RpmsgFeatures::NONE,
+        ..Default::default()
+    });
+    let log = Log::default();
+    let eb = b
+        .create_endpoint(EndpointConfig::unnamed().addr(3000), collector(&log))
+        .unwrap();
+    inject(&mut a, ADDR_ANY, 3000, b"x", 1, HEADER_LEN + 1);
+    inject(&mut a, NS_ADDR, 3000, b"y", 1, HEADER_LEN + 1);
+    pump(&mut a, &mut b);
+    // Delivered, but the endpoint stays unbound.
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![(ADDR_ANY, b"x".to_vec()), (NS_ADDR, b"y".to_vec())]
+    );
+    let ib = b.endpoint(eb).unwrap();
+    assert_eq!((ib.dest, ib.binding), (ADDR_ANY, Binding::Unbound));
+    assert_eq!(b.trysend(eb, b"z"), Err(RpmsgError::NotBound));
+    // A real source still binds it.
+    inject(&mut a, 1500, 3000, b"w", 1, HEADER_LEN + 1);
+    pump(&mut a, &mut b);
+    let ib = b.endpoint(eb).unwrap();
+    assert_eq!((ib.dest, ib.binding), (1500, Binding::FirstMessage));
+}
+
+#[test]
+fn name_service_messages_with_an_empty_name_are_dropped() {
+    // Found by the rpmsg_link fuzz target: a CREATE with an empty name bound
+    // an unnamed endpoint (and made us CREATE_ACK with an empty name); a
+    // DESTROY with an empty name unbound an unnamed endpoint with a fixed
+    // destination.
+    let (mut a, mut b) = links(LoopbackConfig::default());
+    let free = b
+        .create_endpoint(EndpointConfig::unnamed(), on_message(|_, _| {}))
+        .unwrap();
+    let fixed = b
+        .create_endpoint(EndpointConfig::unnamed().dest(2000), on_message(|_, _| {}))
+        .unwrap();
+    let empty = RpmsgName::new("").unwrap();
+    inject_ns(&mut a, NsMessage::new(empty, 1500, NsKind::Create));
+    inject_ns(&mut a, NsMessage::new(empty, 2000, NsKind::Destroy));
+    pump(&mut a, &mut b);
+    assert_eq!(b.stats().dropped_bad_ns, 2);
+    assert_eq!(b.stats().tx_messages, 0, "no CREATE_ACK sent");
+    let f = b.endpoint(free).unwrap();
+    assert_eq!((f.dest, f.binding), (ADDR_ANY, Binding::Unbound));
+    let x = b.endpoint(fixed).unwrap();
+    assert_eq!((x.dest, x.binding), (2000, Binding::Fixed));
+    assert_eq!(b.pending_announcements().count(), 0);
+}
+
+#[test]
 fn callbacks_can_create_endpoints_and_destroy_themselves() {
     let (mut a, mut b) = links(LoopbackConfig::default());
     let eb = b
@@ -566,6 +623,29 @@ fn link_down_and_removal_reach_services() {
 }
 
 // ------------------------------------------------------------- buffers
+
+#[test]
+fn zero_copy_send_to_any_after_destroy_is_refused() {
+    // Found by the rpmsg_link fuzz target: with the endpoint destroyed,
+    // sendto_nocopy skipped the "destination is ANY" check and sent a
+    // message to 0xFFFFFFFF.
+    let (mut a, mut b) = links(LoopbackConfig::default());
+    let ea = a
+        .create_endpoint(EndpointConfig::unnamed(), on_message(|_, _| {}))
+        .unwrap();
+    let free = a.transport().buffer_stats().tx_free;
+    let tx = a.try_get_tx(ea).unwrap();
+    a.destroy_endpoint(ea).unwrap();
+    assert_eq!(a.sendto_nocopy(tx, ADDR_ANY, 1), Err(RpmsgError::NotBound));
+    assert_eq!(
+        a.transport().buffer_stats().tx_free,
+        free,
+        "buffer given back"
+    );
+    assert_eq!(a.stats().tx_messages, 0);
+    pump(&mut a, &mut b);
+    assert_eq!(b.stats().dropped_unknown_dst, 0);
+}
 
 #[test]
 fn zero_copy_send_and_unused_release() {
