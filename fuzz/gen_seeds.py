@@ -113,6 +113,49 @@ def elf(is64, segments, sections, entry):
     return bytes(out)
 
 
+def crc16_arc(data):
+    crc = 0
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def port_wire(msg, crc):
+    """An rpmsg message (header + payload) as an rpmsg-port UART frame."""
+    frame = bytearray(struct.pack("<4H", 0, 0, 0, 8 + len(msg)) + msg)
+    if crc:
+        struct.pack_into("<H", frame, 0, crc16_arc(frame[2:]))
+    out = bytearray([0x7f])
+    for b in frame:
+        if 0x70 <= b <= 0x7f:
+            out += bytes([0x7c, b ^ 0x20])
+        else:
+            out.append(b)
+    out.append(0x70)
+    return bytes(out)
+
+
+def snapshot_messages(shm, table, offs):
+    """The rpmsg messages left in the rpmsg vdev's buffers, found through the
+    table and the descriptors (nothing hard-coded but the header layout)."""
+    base = struct.unpack_from("<Q", shm, 0)[0]
+    msgs = []
+    for o in offs:
+        if struct.unpack_from("<2I", table, o) != (3, 7):  # rpmsg vdev
+            continue
+        for r in range(table[o + 25]):
+            da, _align, num = struct.unpack_from("<3I", table, o + 28 + 20 * r)
+            for i in range(num):
+                addr, length = struct.unpack_from("<QI", shm, da + 16 * i)
+                at = addr - base
+                hdr_len = struct.unpack_from("<H", shm, at + 12)[0]
+                if 16 + hdr_len <= length:
+                    msgs.append(shm[at:at + 16 + hdr_len])
+    return msgs
+
+
 def main():
     shm, table, offs, entries = snapshot_entries()
 
@@ -149,6 +192,19 @@ def main():
     with_addrs = bytearray(config)
     struct.pack_into("<QQ", with_addrs, 8, 0x201cc + 0x1000, 0x201cc + 0x4000)
     write("rpmsg_config", "with-addresses", bytes(with_addrs))
+
+    # --- port_deframer --------------------------------------------------
+    msgs = snapshot_messages(shm, table, offs)
+    assert len(msgs) == 16, len(msgs)
+    connreq, connack, staywake1, staywakeack1 = b"\x7e", b"\x7d", b"\x79", b"\x78"
+    stream = connreq + connack
+    for k, m in enumerate(msgs[:8]):
+        stream += port_wire(m, crc=k % 2 == 1)
+    write("port_deframer", "nuttx-sim-ns-traffic", stream)
+    # a command inside a frame, a truncated frame, garbage between frames
+    w = port_wire(msgs[8], crc=True)
+    write("port_deframer", "mixed", staywake1 + w[:10] + staywakeack1 + w[10:] + b"\x00\x01"
+          + port_wire(msgs[9], crc=False)[:20] + port_wire(msgs[10], crc=True))
 
     # --- elf_load --------------------------------------------------------
     # A resource table linked into the loaded image, as firmware does.

@@ -23,6 +23,7 @@ use rptun::rpmsg::port::frame::{
     EncodeIter, Event, START,
 };
 use rptun::rpmsg::port::header::{check_frame, PortHeader, MIN_FRAME_LEN};
+use rptun::rpmsg::port::link::{Action, Actions, Link, LinkState};
 
 const MAX: usize = 256;
 
@@ -61,7 +62,7 @@ const NON_ABORTING: [Cmd; 8] = [
     Cmd::StayWakeAck2,
 ];
 
-fn raw_stream(stream: &[u8], chunks: &[u8]) {
+fn raw_stream(stream: &[u8], chunks: &[u8]) -> Vec<Owned> {
     // Byte by byte.
     let mut a = Deframer::<MAX>::new();
     let mut by_push = Vec::new();
@@ -125,6 +126,59 @@ fn raw_stream(stream: &[u8], chunks: &[u8]) {
     let starts = stream.iter().filter(|&&b| b == START).count() as u32;
     let ended = s.frames_ok + s.frames_dropped() - s.truncated;
     assert!(ended <= starts);
+    by_push
+}
+
+/// Applies one input's actions to our view of the session and checks the
+/// state machine's promises: LinkUp only when down, LinkDown only when up,
+/// `is_connected` agrees.
+fn apply(link: &Link, acts: &Actions, up: &mut bool) {
+    assert!(acts.len() <= Actions::CAPACITY);
+    for a in acts {
+        match a {
+            Action::LinkUp => {
+                assert!(!*up, "LinkUp while up");
+                *up = true;
+            }
+            Action::LinkDown => {
+                assert!(*up, "LinkDown while down");
+                *up = false;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(link.is_connected(), *up);
+    assert_eq!(link.state() == LinkState::Connected, *up);
+    if link.state() == LinkState::Off {
+        assert!(!*up);
+    }
+}
+
+/// The port connection state machine fed with the commands of the stream,
+/// local events taken from the data bytes, and ticks.
+fn port_link(events: &[Owned], data: &[u8]) {
+    let mut link = Link::new();
+    let mut up = false;
+    let acts = link.start();
+    apply(&link, &acts, &mut up);
+    for (i, e) in events.iter().enumerate() {
+        if let Owned::Command(c) = e {
+            let acts = link.on_command(*c);
+            apply(&link, &acts, &mut up);
+        }
+        let acts = match data.get(i).map(|b| b % 16) {
+            Some(0) => link.tick(),
+            Some(1) => link.suspend(),
+            Some(2) => link.resume(),
+            Some(3) => link.wake_peer(),
+            Some(4) => link.relax_peer(),
+            Some(5) => link.poweroff(),
+            Some(6) => link.start(),
+            _ => continue,
+        };
+        apply(&link, &acts, &mut up);
+    }
+    let _ = format!("{:?}", link.stats());
 }
 
 fn round_trip(pieces: &[Piece]) {
@@ -216,7 +270,8 @@ fuzz_target!(|data: &[u8]| {
     // The input is the wire stream itself (seeds are real encoded traffic);
     // its bytes double as chunk sizes, and, read as structured data, as the
     // frames of the round trip.
-    raw_stream(data, data);
+    let events = raw_stream(data, data);
+    port_link(&events, data);
     if let Ok(pieces) = Vec::<Piece>::arbitrary_take_rest(Unstructured::new(data)) {
         round_trip(&pieces);
     }
