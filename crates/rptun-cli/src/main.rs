@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod port;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
@@ -28,6 +29,9 @@ enum Cmd {
         /// Baseline parameters.
         rest: Vec<String>,
     },
+    /// One rpmsg-port link over a byte stream (Unix/TCP socket, pty, serial
+    /// device), answering pings; `--ping N LEN` pings the other end.
+    Port(port::PortArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,5 +39,6 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
+        Cmd::Port(a) => port::run(&a),
     }
 }

@@ -3,10 +3,13 @@
 //! - [`shm`]: POSIX shared-memory objects mapped into this process as
 //!   [`rptun::shm::Region`]s (the mmap backend of the seam);
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
-//!   notice peers that only increment a counter and never wake anyone.
+//!   notice peers that only increment a counter and never wake anyone;
+//! - [`stream`]: byte streams (pty, serial device, TCP and Unix sockets) for
+//!   rpmsg-port links, and a runner that drives a link over one.
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod doorbell;
 pub mod shm;
 pub mod sim;
+pub mod stream;

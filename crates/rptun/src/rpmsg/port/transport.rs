@@ -470,11 +470,32 @@ pub struct PortTransport<S: ByteIo, const MAX: usize = DEFAULT_BUFFER_SIZE> {
     stats: PortStats,
 }
 
-impl<S: ByteIo, const MAX: usize> PortTransport<S, MAX> {
+impl<S: ByteIo> PortTransport<S> {
     /// A transport over `io` whose buffers live in the caller's regions
     /// (`tx_region` needs [`PortConfig::tx_region_len`] bytes, `rx_region`
-    /// [`PortConfig::rx_region_len`]). Sends CONNREQ right away.
+    /// [`PortConfig::rx_region_len`]), accepting frames up to 2048 bytes.
+    /// Sends CONNREQ right away.
     pub fn new(
+        io: S,
+        cfg: PortConfig,
+        tx_region: Region,
+        rx_region: Region,
+    ) -> Result<Self, PortSetupError> {
+        Self::new_sized(io, cfg, tx_region, rx_region)
+    }
+
+    /// A transport whose buffers live in two fresh heap regions, accepting
+    /// frames up to 2048 bytes.
+    #[cfg(feature = "alloc")]
+    pub fn with_heap(io: S, cfg: PortConfig) -> Result<Self, PortSetupError> {
+        Self::with_heap_sized(io, cfg)
+    }
+}
+
+impl<S: ByteIo, const MAX: usize> PortTransport<S, MAX> {
+    /// [`PortTransport::new`] for frames up to `MAX` bytes (buffers larger
+    /// than NuttX's 2048): `PortTransport::<_, 4096>::new_sized(...)`.
+    pub fn new_sized(
         io: S,
         cfg: PortConfig,
         tx_region: Region,
@@ -528,13 +549,13 @@ impl<S: ByteIo, const MAX: usize> PortTransport<S, MAX> {
         Ok(t)
     }
 
-    /// A transport whose buffers live in two fresh heap regions.
+    /// [`PortTransport::with_heap`] for frames up to `MAX` bytes.
     #[cfg(feature = "alloc")]
-    pub fn with_heap(io: S, cfg: PortConfig) -> Result<Self, PortSetupError> {
+    pub fn with_heap_sized(io: S, cfg: PortConfig) -> Result<Self, PortSetupError> {
         cfg.validate(MAX)?;
         let tx = Region::new_heap(cfg.tx_region_len());
         let rx = Region::new_heap(cfg.rx_region_len());
-        Self::new(io, cfg, tx, rx)
+        Self::new_sized(io, cfg, tx, rx)
     }
 
     /// The configuration.
@@ -1489,7 +1510,9 @@ mod tests {
             }
         );
         assert!(PortTransport::<MemIo>::with_heap(io(), cfg().buffer_size(24)).is_err());
-        assert!(PortTransport::<MemIo, 4096>::with_heap(io(), cfg().buffer_size(4096)).is_ok());
+        assert!(
+            PortTransport::<MemIo, 4096>::with_heap_sized(io(), cfg().buffer_size(4096)).is_ok()
+        );
         let small = Region::new_heap(100);
         assert_eq!(
             PortTransport::<MemIo>::new(io(), cfg(), small.clone(), small).unwrap_err(),
