@@ -4,12 +4,15 @@
 //!   [`rptun::shm::Region`]s (the mmap backend of the seam);
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
 //!   notice peers that only increment a counter and never wake anyone;
+//! - [`entropy`]: the OS random number generator as a virtio-rng
+//!   entropy source;
 //! - [`stream`]: byte streams (pty, serial device, TCP and Unix sockets) for
 //!   rpmsg-port links, and a runner that drives a link over one.
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod doorbell;
+pub mod entropy;
 pub mod shm;
 pub mod sim;
 pub mod stream;

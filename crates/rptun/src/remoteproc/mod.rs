@@ -14,16 +14,32 @@
 //! - [`elf`]: loading an ELF firmware image into a region through the address
 //!   map and locating its `.resource_table`;
 //! - [`mailbox`]: the command mailbox (PANIC / RESET / STOP and their ACK)
-//!   over the resource-table header's two reserved words.
+//!   over the resource-table header's two reserved words;
+//! - [`platform`]: the platform trait (NuttX's `rptun_ops_s`) a board or host
+//!   implements;
+//! - [`table`]: resource-table assignment (master) and adoption (remote);
+//! - [`vdev`]: the remoteproc virtio transport, one per vdev entry
+//!   (driver and device roles);
+//! - `registry` (feature `alloc`): virtio factories by device id and role;
+//! - `instance` (feature `alloc`): the life cycle of a link (start, stop,
+//!   restart, doorbells, commands).
 //!
-//! Everything here is `no_std` and works without `alloc`; tables that would
-//! grow on a heap have a fixed, const-generic capacity instead.
+//! Everything here except `registry` and `instance` is `no_std` and works
+//! without `alloc`; tables that would grow on a heap have a fixed,
+//! const-generic capacity instead.
 #![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod carveout;
 pub mod elf;
+#[cfg(feature = "alloc")]
+pub mod instance;
 pub mod mailbox;
+pub mod platform;
+#[cfg(feature = "alloc")]
+pub mod registry;
+pub mod table;
+pub mod vdev;
 
 /// Which end of a remoteproc link this side is.
 ///

@@ -87,6 +87,7 @@
 pub mod cpu;
 pub mod port;
 pub mod transport;
+pub mod virtio;
 pub mod wait;
 
 #[cfg(feature = "alloc")]

@@ -357,16 +357,10 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
     /// link that is up, then every pending announcement on those links is
     /// offered to it.
     pub fn register<S: Service<T>>(&mut self, cfg: ServiceConfig, svc: S) -> ServiceId<S> {
-        let (index, gen) = insert(
-            &mut self.services,
-            ServiceEntry {
-                cfg,
-                svc: Box::new(svc),
-                warned: false,
-            },
-        );
-        let Some(s) = get_mut(&mut self.services, index, gen) else {
-            unreachable!("just inserted")
+        let mut s = ServiceEntry {
+            cfg,
+            svc: Box::new(svc),
+            warned: false,
         };
         for (i, (g, e)) in self.links.iter_mut().enumerate() {
             let Some(entry) = e else { continue };
@@ -387,6 +381,7 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
                 }
             }
         }
+        let (index, gen) = insert(&mut self.services, s);
         self.check_unmatched();
         ServiceId {
             index,

@@ -1109,3 +1109,36 @@ fn link_down_voids_held_buffers_and_unbinds() {
     assert_eq!(b.dump().tx_lent, 0);
     assert!(b.dump().to_string().contains(" down "));
 }
+
+#[test]
+fn one_bus_carries_links_of_different_transport_types() {
+    type Dyn = Box<dyn RpmsgTransport + Send>;
+    let (a, b) = Loopback::pair(LoopbackConfig::default()).unwrap();
+    let mut bus: Bus<Dyn> = Bus::new();
+    let sid = bus.register(ServiceConfig::any("ping"), ping::PingService::new());
+    let lid = bus.add_link(Link::new(Box::new(a) as Dyn));
+    let mut peer = Link::new(b);
+    let pb = ping::create_endpoint(&mut peer).unwrap();
+    for _ in 0..5 {
+        bus.poll_all().unwrap();
+        peer.poll().unwrap();
+    }
+    let mut w = TickWait::new(1_000, || {
+        peer.poll().unwrap();
+    });
+    let proxy = RemoteCpu::new("proxy").unwrap();
+    let r = ping::ping_cpu(
+        &mut bus,
+        &sid,
+        &proxy,
+        &ping::PingParams::new(2, 64),
+        &mut w,
+    )
+    .unwrap();
+    assert_eq!(r.send_len, 64);
+    assert_eq!(bus.link(lid).unwrap().transport().role(), "loopback");
+    assert_eq!(
+        peer.handler::<ping::PingHandler>(pb).unwrap().stats.replies,
+        2
+    );
+}

@@ -236,6 +236,7 @@ pub trait DeviceTransport {
     fn region(&self) -> &Region;
 }
 
+pub mod mmio;
 pub mod queue;
 
 /// Waits until the driver set `DRIVER_OK`, calling `wait` between reads;

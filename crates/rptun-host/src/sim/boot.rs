@@ -1,0 +1,183 @@
+//! The simulator's boot handshake (DESIGN.md §7, NuttX `sim_rptun.c`).
+//!
+//! Master: write the table and `base`; if the remote was up (`boots & OK`),
+//! tell it to reboot (`boots = NEED_RESET`); `bootm = BOOT`; wait for
+//! `boots & BOOT`; `bootm = OK`.
+//! Remote: if a previous remote was up (`boots & OK`), tell the master to
+//! reboot (`bootm = NEED_RESET`); `boots = BOOT`; wait for `bootm & OK`;
+//! `boots = OK`.
+//! Either side later sees the other's restart as `NEED_RESET` in its own
+//! word ([`take_need_reset`]).
+
+use super::layout::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, RSC, SHM_SIZE};
+use rptun::shm::{Region, ShmError};
+use std::time::{Duration, Instant};
+
+/// Errors of the boot handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BootError {
+    /// The peer did not answer in time.
+    #[error(
+        "the {peer} did not answer the boot handshake within {secs} s; start it (e.g. \
+         `rptun proxy`) or check that both sides use the same shm object"
+    )]
+    Timeout {
+        /// "remote (proxy)" or "master (server)".
+        peer: &'static str,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// Shared-memory access failed (object too small).
+    #[error("boot words out of reach: {0}; the shm object is too small")]
+    Shm(#[from] ShmError),
+    /// The table does not fit.
+    #[error("a {0}-byte table does not fit the simulator's shm object")]
+    TableTooBig(usize),
+    /// Asked to stop while waiting.
+    #[error("boot handshake cancelled")]
+    Cancelled,
+}
+
+/// Master, first half: clears the table area, writes `table` and `base`,
+/// flags a live remote for reboot, and sets `bootm = BOOT`.
+pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), BootError> {
+    if RSC + table.len() > SHM_SIZE.min(region.len()) {
+        return Err(BootError::TableTooBig(table.len()));
+    }
+    region.fill(RSC, region.len() - RSC, 0)?;
+    region.write_bytes(RSC, table)?;
+    region.write_u64(BASE, base)?;
+    if region.load_u32(BOOTS)? & OK != 0 {
+        region.store_u32(BOOTS, NEED_RESET)?;
+    }
+    region.store_u32(BOOTM, BOOT)?;
+    Ok(())
+}
+
+/// Master, second half: waits for `boots & BOOT`, then sets `bootm = OK`.
+/// `keep_going` is polled while waiting (return false to cancel).
+pub fn master_wait_remote(
+    region: &Region,
+    timeout: Duration,
+    mut keep_going: impl FnMut() -> bool,
+) -> Result<(), BootError> {
+    wait_bits(
+        region,
+        BOOTS,
+        BOOT,
+        timeout,
+        "remote (proxy)",
+        &mut keep_going,
+    )?;
+    region.store_u32(BOOTM, OK)?;
+    Ok(())
+}
+
+/// Remote: runs its half of the handshake and returns the master's `base`.
+pub fn remote_boot(
+    region: &Region,
+    timeout: Duration,
+    mut keep_going: impl FnMut() -> bool,
+) -> Result<u64, BootError> {
+    if region.load_u32(BOOTS)? & OK != 0 {
+        region.store_u32(BOOTM, NEED_RESET)?;
+    }
+    region.store_u32(BOOTS, BOOT)?;
+    wait_bits(
+        region,
+        BOOTM,
+        OK,
+        timeout,
+        "master (server)",
+        &mut keep_going,
+    )?;
+    let base = region.read_u64(BASE)?;
+    region.store_u32(BOOTS, OK)?;
+    Ok(base)
+}
+
+/// True (and the flag cleared) if the peer asked this side to reboot.
+pub fn take_need_reset(region: &Region, master: bool) -> Result<bool, ShmError> {
+    let word = if master { BOOTM } else { BOOTS };
+    let a = region.atomic_u32(word)?;
+    let v = u32::from_le(a.load(std::sync::atomic::Ordering::Acquire));
+    if v & NEED_RESET != 0 {
+        a.store(0, std::sync::atomic::Ordering::Release);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn wait_bits(
+    region: &Region,
+    word: usize,
+    bits: u32,
+    timeout: Duration,
+    peer: &'static str,
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Result<(), BootError> {
+    let start = Instant::now();
+    loop {
+        if region.load_u32(word)? & bits != 0 {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(BootError::Timeout {
+                peer,
+                secs: timeout.as_secs(),
+            });
+        }
+        if !keep_going() {
+            return Err(BootError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn either_start_order_completes_and_a_remote_restart_asks_the_master_to_reboot() {
+        for remote_first in [false, true] {
+            let r = Region::new_heap(SHM_SIZE);
+            let r2 = r.clone();
+            let remote = std::thread::spawn(move || {
+                remote_boot(&r2, Duration::from_secs(20), || true).unwrap()
+            });
+            if remote_first {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            master_publish(&r, &[1, 2, 3, 4], 0x1000_0000).unwrap();
+            master_wait_remote(&r, Duration::from_secs(20), || true).unwrap();
+            assert_eq!(remote.join().unwrap(), 0x1000_0000);
+            assert_eq!(r.read_u32(RSC).unwrap(), 0x0403_0201);
+            // the remote restarts while the master runs
+            let r2 = r.clone();
+            let remote = std::thread::spawn(move || {
+                remote_boot(&r2, Duration::from_secs(20), || true).unwrap()
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !take_need_reset(&r, true).unwrap() {
+                assert!(Instant::now() < deadline, "master never saw NEED_RESET");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            master_publish(&r, &[5, 6, 7, 8], 0x1000_0000).unwrap();
+            master_wait_remote(&r, Duration::from_secs(20), || true).unwrap();
+            remote.join().unwrap();
+            assert_eq!(r.load_u32(BOOTS).unwrap(), OK);
+        }
+    }
+
+    #[test]
+    fn a_missing_peer_times_out_with_a_clear_error() {
+        let r = Region::new_heap(SHM_SIZE);
+        master_publish(&r, &[0; 16], 0).unwrap();
+        let e = master_wait_remote(&r, Duration::from_millis(30), || true).unwrap_err();
+        assert!(e.to_string().contains("rptun proxy"), "{e}");
+        let r = Region::new_heap(SHM_SIZE);
+        let e = remote_boot(&r, Duration::from_secs(5), || false).unwrap_err();
+        assert_eq!(e, BootError::Cancelled);
+    }
+}
