@@ -11,6 +11,7 @@
 //! Without `--ping` the command serves until killed, printing
 //! `port: link up (session N)` and `port: link down` as the link comes and
 //! goes. Set `RPTUN_LOG=info` (or debug) for the library's log on stderr.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::time::{Duration, Instant};

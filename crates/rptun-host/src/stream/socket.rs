@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 
 use rptun::rpmsg::port::{ByteIo, ByteIoError};
 use rustix::event::PollFlags;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-use super::{read_fd, send_fd, wait_fds, HostStream, StreamAddr, StreamWaiter};
+use super::{poll_fds, read_fd, send_fd, wait_fds, HostStream, StreamAddr, StreamWaiter};
 
 /// How long a connecting stream waits between attempts.
 const RETRY_PERIOD: Duration = Duration::from_millis(200);
-/// Longest a TCP connect attempt blocks.
+/// Longest a TCP connect attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A connection, non-blocking, with Nagle off on TCP (port frames are small
@@ -216,11 +218,12 @@ impl HostStream for ListenStream {
     }
 
     fn waiter(&self) -> io::Result<StreamWaiter> {
-        let mut fds = vec![self.listener_fd()];
-        if let Some(c) = &self.conn {
-            fds.push(c.as_fd());
+        // Only the connection: a newcomer waiting on the listener would wake
+        // the waiter at once, forever, since nothing accepts it meanwhile.
+        match &self.conn {
+            Some(c) => StreamWaiter::new(&[c.as_fd()]),
+            None => StreamWaiter::new(&[self.listener_fd()]),
         }
-        StreamWaiter::new(&fds)
     }
 
     fn describe(&self) -> String {
@@ -237,11 +240,17 @@ impl HostStream for ListenStream {
 }
 
 /// A socket that connects to a listener, and reconnects after losing it.
+///
+/// Connecting never blocks: a TCP connection in progress is finished by
+/// later reads and waits (only resolving a host name may block).
 #[derive(Debug)]
 pub struct ConnectStream {
     addr: StreamAddr,
     conn: Option<OwnedFd>,
+    /// A TCP connect in progress, and when it started.
+    pending: Option<(OwnedFd, Instant)>,
     next_try: Instant,
+    attempts: usize,
     connects: u32,
 }
 
@@ -252,7 +261,9 @@ impl ConnectStream {
         let mut s = ConnectStream {
             addr: addr.clone(),
             conn: None,
+            pending: None,
             next_try: Instant::now(),
+            attempts: 0,
             connects: 0,
         };
         s.try_connect();
@@ -269,36 +280,92 @@ impl ConnectStream {
         self.connects
     }
 
-    fn connect_once(&self) -> io::Result<OwnedFd> {
-        match &self.addr {
-            StreamAddr::Unix(p) => unix_conn(UnixStream::connect(p)?),
-            StreamAddr::Tcp(a) => {
-                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-                for sa in a.as_str().to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-                        Ok(s) => return tcp_conn(s),
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
+    fn connected(&mut self, fd: OwnedFd) {
+        log::info!("{}: connected", self.addr);
+        self.conn = Some(fd);
+        self.connects += 1;
+    }
+
+    fn retry_later(&mut self, why: &dyn std::fmt::Display) {
+        log::debug!("{}: {why}; retrying", self.addr);
+        self.pending = None;
+        self.next_try = Instant::now() + RETRY_PERIOD;
+    }
+
+    /// Starts a TCP connect without blocking.
+    fn start_tcp(&mut self, a: &str) -> io::Result<()> {
+        let addrs: Vec<_> = a.to_socket_addrs()?.collect();
+        let Some(sa) = addrs.get(self.attempts % addrs.len().max(1)).copied() else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such host"));
+        };
+        self.attempts += 1;
+        let family = match sa {
+            std::net::SocketAddr::V4(_) => AddressFamily::INET,
+            std::net::SocketAddr::V6(_) => AddressFamily::INET6,
+        };
+        let fd = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &sa) {
+            Ok(()) => {
+                rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+                self.connected(fd);
             }
+            Err(Errno::INPROGRESS) | Err(Errno::INTR) => {
+                self.pending = Some((fd, Instant::now()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Finishes a TCP connect in progress if it is done.
+    fn finish_tcp(&mut self) {
+        let Some((fd, since)) = &self.pending else {
+            return;
+        };
+        let ready = poll_fds(&[(fd.as_fd(), PollFlags::OUT)], Duration::ZERO)
+            .map(|f| !f.is_empty() && !f[0].is_empty())
+            .unwrap_or(true);
+        if !ready {
+            if since.elapsed() > CONNECT_TIMEOUT {
+                self.retry_later(&"connect timed out");
+            }
+            return;
+        }
+        let (fd, _) = self.pending.take().expect("checked above");
+        match rustix::net::sockopt::socket_error(&fd) {
+            Ok(Ok(())) => {
+                let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                self.connected(fd);
+            }
+            Ok(Err(e)) => self.retry_later(&io::Error::from(e)),
+            Err(e) => self.retry_later(&io::Error::from(e)),
         }
     }
 
     fn try_connect(&mut self) {
-        if self.conn.is_some() || Instant::now() < self.next_try {
+        if self.conn.is_some() {
             return;
         }
-        match self.connect_once() {
-            Ok(fd) => {
-                log::info!("{}: connected", self.addr);
-                self.conn = Some(fd);
-                self.connects += 1;
-            }
-            Err(e) => {
-                log::debug!("{}: {e}; retrying", self.addr);
-                self.next_try = Instant::now() + RETRY_PERIOD;
-            }
+        if self.pending.is_some() {
+            self.finish_tcp();
+            return;
+        }
+        if Instant::now() < self.next_try {
+            return;
+        }
+        let r = match self.addr.clone() {
+            StreamAddr::Unix(p) => UnixStream::connect(&p)
+                .and_then(unix_conn)
+                .map(|fd| self.connected(fd)),
+            StreamAddr::Tcp(a) => self.start_tcp(&a),
+        };
+        if let Err(e) = r {
+            self.retry_later(&e);
         }
     }
 }
@@ -333,11 +400,20 @@ impl HostStream for ConnectStream {
                 };
                 wait_fds(&[(c.as_fd(), ev)], timeout)?;
             }
-            None => {
-                let left = self.next_try.saturating_duration_since(Instant::now());
-                std::thread::sleep(left.min(timeout));
-                self.try_connect();
-            }
+            None => match &self.pending {
+                Some((fd, _)) => {
+                    wait_fds(
+                        &[(fd.as_fd(), PollFlags::OUT)],
+                        timeout.min(CONNECT_TIMEOUT),
+                    )?;
+                    self.try_connect();
+                }
+                None => {
+                    let left = self.next_try.saturating_duration_since(Instant::now());
+                    std::thread::sleep(left.min(timeout));
+                    self.try_connect();
+                }
+            },
         }
         Ok(())
     }
@@ -450,6 +526,23 @@ mod tests {
         exchange(&mut l, &mut c);
         drop(c);
         assert_eq!(read_some(&mut l), Err(ByteIoError::Closed));
+    }
+
+    #[test]
+    fn tcp_connector_waits_for_a_late_listener() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = StreamAddr::Tcp(probe.local_addr().unwrap().to_string());
+        drop(probe);
+        let mut c = ConnectStream::new(&addr);
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            assert_eq!(c.read(&mut buf), Ok(0));
+            assert_eq!(c.write(b"void"), Ok(4), "discarded while unconnected");
+        }
+        assert!(!c.is_connected());
+        let mut l = ListenStream::bind(&addr).unwrap();
+        exchange(&mut l, &mut c);
+        assert!(c.describe().ends_with("(connected)"));
     }
 
     #[test]

@@ -1524,6 +1524,48 @@ mod tests {
         );
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the peer sends, in whatever pieces: no panic, every
+        /// buffer lent lies inside the RX region with a length it holds,
+        /// and releasing them all gives every buffer back.
+        #[test]
+        fn hostile_bytes_never_break_the_buffers(
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(prop_oneof![0x70u8..=0x7f, any::<u8>()], 0..200),
+                0..20),
+            hold in any::<bool>(),
+        ) {
+            let mut p = connected(cfg().buffers(3).buffer_size(64));
+            let mut held = Vec::new();
+            for c in &chunks {
+                p.io_mut().input.extend(c);
+                // A valid frame now and then, so delivery paths run too.
+                p.io_mut().input.extend(WIRE);
+                let _ = p.tick();
+                let _ = p.poll();
+                while let Ok(Some(rx)) = p.recv() {
+                    prop_assert!(rx.offset + rx.capacity <= p.rx_region().len());
+                    prop_assert!(rx.len <= rx.capacity);
+                    if hold && held.len() < 2 {
+                        held.push(rx);
+                    } else {
+                        p.release_rx(rx).unwrap();
+                    }
+                }
+            }
+            for rx in held {
+                // Void if a CONNREQ or POWEROFF ended the session meanwhile.
+                let _ = p.release_rx(rx);
+            }
+            if p.link_session().is_some() {
+                prop_assert_eq!(p.buffer_stats().tx_free, 3);
+                prop_assert!(p.recv().is_ok());
+            }
+        }
+    }
+
     #[test]
     fn describe_names_state_and_counters() {
         let p = connected(cfg());
