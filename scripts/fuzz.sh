@@ -7,7 +7,7 @@
 # and cargo-fuzz (installed with `cargo install cargo-fuzz --locked` when
 # missing). Without them it prints one "skipped: ..." line and exits 0.
 #
-# Knobs: FUZZ_SECONDS (per target, default 20), FUZZ_RUNS (per target,
+# Knobs: FUZZ_SECONDS (per target, default 15), FUZZ_RUNS (per target,
 # default 50000; whichever limit comes first), FUZZ_TARGETS (space-separated
 # subset). New inputs go to a temporary directory, never into the committed
 # corpus; crash inputs are kept in fuzz/artifacts/<target>/.
@@ -30,7 +30,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
         || skip "cargo-fuzz is not installed and 'cargo install cargo-fuzz --locked' failed"
 fi
 
-seconds="${FUZZ_SECONDS:-20}"
+seconds="${FUZZ_SECONDS:-15}"
 runs="${FUZZ_RUNS:-50000}"
 cd fuzz
 targets="${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}"

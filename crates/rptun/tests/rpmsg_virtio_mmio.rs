@@ -147,7 +147,7 @@ fn thousand_unacknowledged_trysends_exhaust_exactly_the_buffers() {
 #[test]
 fn hundred_thousand_messages_each_way_in_order_every_byte_checked() {
     let (mut a, mut b, _) = links(&Setup::nuttx());
-    scenarios::exchange(&mut a, &mut b, 100_000);
+    scenarios::exchange(&mut a, &mut b, if cfg!(miri) { 20 } else { 100_000 });
     // Every message the bus sent went through the virtio transport.
     assert_eq!(a.transport().stats().tx, a.stats().tx_messages);
     assert_eq!(b.transport().stats().tx, b.stats().tx_messages);
@@ -159,7 +159,7 @@ fn event_idx_is_negotiated_and_traffic_flows() {
     let mut s = Setup::nuttx();
     s.features |= F_EVENT_IDX;
     let (mut a, mut b, _) = links(&s);
-    scenarios::exchange(&mut a, &mut b, 5_000);
+    scenarios::exchange(&mut a, &mut b, if cfg!(miri) { 20 } else { 5_000 });
     assert_ne!(a.transport().negotiated_features() & F_EVENT_IDX, 0);
     assert_ne!(b.transport().negotiated_features() & F_EVENT_IDX, 0);
 }
@@ -214,7 +214,7 @@ fn run_end<T: RpmsgTransport + 'static>(mut link: Link<T>, count: u32) -> (u32, 
 
 #[test]
 fn two_threads_exchange_in_order() {
-    const COUNT: u32 = 20_000;
+    const COUNT: u32 = if cfg!(miri) { 30 } else { 20_000 };
     let s = Setup::nuttx();
     let (dev, region) = mmio_device(&s);
     let t = mmio_transport(&s, &dev, &region);

@@ -73,9 +73,9 @@ impl<N: Notify> VdevLink<N> {
 
     /// The status byte.
     pub fn status(&self) -> Result<u8, VirtioError> {
-        let s = self.region.read_u8(self.info.status_offset())?;
-        fence_acquire();
-        Ok(s)
+        // Atomic: the other side writes it while we poll (a plain read was
+        // a data race, reported by Miri).
+        Ok(self.region.load_u8(self.info.status_offset())?)
     }
 
     /// Resets the device (status 0), as a driver that goes away does, and
@@ -86,8 +86,9 @@ impl<N: Notify> VdevLink<N> {
     }
 
     fn write_status(&self, s: u8) -> Result<(), VirtioError> {
-        fence_release();
-        self.region.write_u8(self.info.status_offset(), s)?;
+        // Atomic store with release: everything written before (features,
+        // rings, buffers) is visible to a peer that loads the new status.
+        self.region.store_u8(self.info.status_offset(), s)?;
         Ok(())
     }
 

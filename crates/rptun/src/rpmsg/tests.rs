@@ -858,7 +858,7 @@ fn a_hundred_thousand_messages_arrive_in_order_byte_for_byte() {
         .create_endpoint(EndpointConfig::new("stream"), on_message(|_, _| {}))
         .unwrap();
     pump(&mut a, &mut b);
-    const N: u32 = 100_000;
+    const N: u32 = if cfg!(miri) { 40 } else { 100_000 };
     let max = a.max_payload();
     let mut seq = 0;
     let mut expected_bytes = 0u64;
@@ -891,7 +891,7 @@ fn two_threads_exchange_ordered_messages() {
         .create_endpoint(EndpointConfig::new("stream"), on_message(|_, _| {}))
         .unwrap();
     pump(&mut a, &mut b);
-    const N: u32 = 20_000;
+    const N: u32 = if cfg!(miri) { 40 } else { 20_000 };
     let reader = std::thread::spawn(move || {
         let give_up = std::time::Instant::now() + Duration::from_secs(120);
         while b.handler::<Checker>(eb).unwrap().next < N && std::time::Instant::now() < give_up {

@@ -25,7 +25,7 @@
 mod heap;
 
 use core::ptr::NonNull;
-use core::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 #[cfg(feature = "alloc")]
 use alloc::sync::Arc;
@@ -201,6 +201,32 @@ impl Region {
             return Err(ShmError::Misaligned { offset, align });
         }
         Ok(p)
+    }
+
+    /// The atomic `u8` at `offset` (a byte is always aligned).
+    ///
+    /// Use [`Region::load_u8`] and [`Region::store_u8`] for single-byte
+    /// fields that one side polls while the other writes them (the vdev
+    /// status byte).
+    #[inline]
+    pub fn atomic_u8(&self, offset: usize) -> Result<&AtomicU8, ShmError> {
+        let p = self.checked_ptr(offset, 1, 1)?;
+        // SAFETY: as in `atomic_u16`, with 1-byte size and alignment (every
+        // address is aligned for `AtomicU8`).
+        Ok(unsafe { AtomicU8::from_ptr(p) })
+    }
+
+    /// Atomically loads the byte at `offset` with `Acquire`.
+    #[inline]
+    pub fn load_u8(&self, offset: usize) -> Result<u8, ShmError> {
+        Ok(self.atomic_u8(offset)?.load(Ordering::Acquire))
+    }
+
+    /// Atomically stores the byte `v` at `offset` with `Release`.
+    #[inline]
+    pub fn store_u8(&self, offset: usize, v: u8) -> Result<(), ShmError> {
+        self.atomic_u8(offset)?.store(v, Ordering::Release);
+        Ok(())
     }
 
     /// The atomic `u16` at `offset` (must be 2-aligned in memory).
@@ -429,6 +455,28 @@ mod tests {
         let mut big = [0u8; 17];
         assert!(r.read_bytes(0, &mut big).is_err());
         assert!(r.copy_within(0, 8, 9).is_err());
+    }
+
+    #[test]
+    fn byte_atomics_hand_over_a_status_byte_between_threads() {
+        // The vdev status byte is polled by one side while the other writes
+        // it: with plain byte copies Miri reported a data race (found by
+        // scripts/miri.sh on tests/remoteproc.rs).
+        let r = Region::new_heap(64);
+        assert!(r.load_u8(64).is_err());
+        r.store_u8(63, 0xA5).unwrap();
+        assert_eq!(r.read_u8(63).unwrap(), 0xA5);
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || {
+            r2.write_u32(8, 0xFEED_F00D).unwrap();
+            r2.store_u8(3, 4).unwrap(); // DRIVER_OK, with release
+        });
+        while r.load_u8(3).unwrap() != 4 {
+            std::hint::spin_loop();
+        }
+        // acquire: the data written before the status is visible, race-free
+        assert_eq!(r.read_u32(8).unwrap(), 0xFEED_F00D);
+        t.join().unwrap();
     }
 
     #[test]

@@ -963,6 +963,7 @@ mod tests {
 
     proptest! {
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn any_payload_round_trips(p in payload(), crc in crc_mode(), src in any::<u32>(), dst in any::<u32>()) {
             let f = data_frame(src, dst, &p, crc);
             let w = wire(&f);
@@ -988,6 +989,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn corrupted_crc_is_dropped_and_counted(p in payload(), at in any::<prop::sample::Index>(),
                                                  flip in 1u8..=255) {
             let good = data_frame(1, 2, &p, CrcMode::On);
@@ -1005,6 +1007,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn garbage_without_start_between_frames_is_ignored(
             items in proptest::collection::vec(
                 (payload(), proptest::collection::vec(any::<u8>().prop_filter("no START", |&b| b != START), 0..40)),
@@ -1033,6 +1036,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn arbitrary_garbage_never_hides_a_frame(
             items in proptest::collection::vec(
                 (payload(), proptest::collection::vec(escape_heavy_bytes(), 0..60)),
@@ -1061,6 +1065,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn truncated_and_oversized_frames_never_hide_the_next(
             a in payload(), b in proptest::collection::vec(any::<u8>(), 0..100), cut in any::<prop::sample::Index>(),
         ) {
@@ -1083,6 +1088,7 @@ mod tests {
         }
 
         #[test]
+        #[cfg_attr(miri, ignore = "proptest generation costs minutes under Miri; safe code, covered by the port_deframer fuzz target")]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(escape_heavy_bytes(), 0..2000)) {
             let mut d = Deframer::<32>::new();
             for e in decode(&mut d, &bytes) {
