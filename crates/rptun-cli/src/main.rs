@@ -3,8 +3,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
-#[allow(dead_code)] // wired into `rptun sim` as it lands
+mod commands;
+mod logger;
+mod proxy;
 mod shell;
+mod signals;
+mod sim;
 
 /// rptun: inter-processor communication for asymmetric multi-core systems.
 #[derive(Parser)]
@@ -16,6 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the simulator: a master "server" with a shell here, a remote
+    /// "proxy" in a second process (NuttX's sim:rpserver + sim:rpproxy).
+    Sim(sim::SimArgs),
+    /// Run the simulator's remote side ("proxy") by hand.
+    Proxy(proxy::ProxyArgs),
     /// Measure rptun against raw shared-memory baselines between two processes.
     Bench(bench::BenchArgs),
     /// (internal) the peer process of `rptun bench`.
@@ -30,10 +39,14 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Bench(a) => bench::run(&a),
-        Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
+        Cmd::Sim(a) => sim::run(&a),
+        Cmd::Proxy(a) => proxy::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::Bench(a) => bench::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::BenchPeer { kind, shm, rest } => {
+            bench::peer(&kind, &shm, &rest).map(|()| std::process::ExitCode::SUCCESS)
+        }
     }
 }
