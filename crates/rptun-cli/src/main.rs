@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod commands;
 mod logger;
+mod openamp;
+mod port;
 mod proxy;
 mod shell;
 mod signals;
@@ -27,6 +29,9 @@ enum Cmd {
     Proxy(proxy::ProxyArgs),
     /// Measure rptun against raw shared-memory baselines between two processes.
     Bench(bench::BenchArgs),
+    /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
+    /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
+    Openamp(openamp::OpenampArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -37,6 +42,9 @@ enum Cmd {
         /// Baseline parameters.
         rest: Vec<String>,
     },
+    /// One rpmsg-port link over a byte stream (Unix/TCP socket, pty, serial
+    /// device), answering pings; `--ping N LEN` pings the other end.
+    Port(port::PortArgs),
 }
 
 fn main() -> Result<std::process::ExitCode> {
@@ -45,8 +53,10 @@ fn main() -> Result<std::process::ExitCode> {
         Cmd::Sim(a) => sim::run(&a),
         Cmd::Proxy(a) => proxy::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::Bench(a) => bench::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::Openamp(a) => openamp::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::BenchPeer { kind, shm, rest } => {
             bench::peer(&kind, &shm, &rest).map(|()| std::process::ExitCode::SUCCESS)
         }
+        Cmd::Port(a) => port::run(&a).map(|()| std::process::ExitCode::SUCCESS),
     }
 }

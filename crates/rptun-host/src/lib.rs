@@ -5,11 +5,17 @@
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
 //!   notice peers that only increment a counter and never wake anyone;
 //! - [`entropy`]: the OS random number generator as a virtio-rng
-//!   entropy source.
+//!   entropy source;
+//! - [`openamp`]: the platform of OpenAMP's Linux user-space demos
+//!   (`openamp.shm` + a unix-socket kick), both virtio roles;
+//! - [`stream`]: byte streams (pty, serial device, TCP and Unix sockets) for
+//!   rpmsg-port links, and a runner that drives a link over one.
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod doorbell;
 pub mod entropy;
+pub mod openamp;
 pub mod shm;
 pub mod sim;
+pub mod stream;
