@@ -1,5 +1,6 @@
 //! Shell commands both sides of the simulator have: `rpmsg ping|dump|test`,
 //! `rptun dump`, `ls`, `uname`, `ps`, `echo`, `sleep`, `log`.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Log lines of the simulator: `[server] ...` on stderr; the proxy's go to
 //! the server over rpmsg syslog once the link is up (and to stderr before).
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@
 //! shell answers on the rpmsg tty (`cu /dev/ttyproxy` on the server). It
 //! exits when the server removes the shm object, on SIGINT/SIGTERM, and (when
 //! spawned by `rptun sim`) when its parent dies.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::sync::mpsc::{channel, Receiver};

@@ -93,13 +93,27 @@ impl<'a> Shell<'a> {
 
     /// Prints the command list.
     pub fn help(&self, out: &mut dyn Write) {
+        let heads: Vec<String> = self
+            .commands
+            .iter()
+            .map(|c| {
+                format!("{} {}", c.words.join(" "), c.usage)
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        let w = heads
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .clamp(8, 56);
         let _ = writeln!(out, "Commands:");
-        let _ = writeln!(out, "  {:<40} this list", "help");
-        for c in &self.commands {
-            let head = format!("{} {}", c.words.join(" "), c.usage);
-            let _ = writeln!(out, "  {:<40} {}", head.trim_end(), c.help);
+        let _ = writeln!(out, "  {:<w$}  this list", "help");
+        for (c, head) in self.commands.iter().zip(&heads) {
+            let _ = writeln!(out, "  {head:<w$}  {}", c.help);
         }
-        let _ = writeln!(out, "  {:<40} leave the shell", "exit");
+        let _ = writeln!(out, "  {:<w$}  leave the shell", "exit");
     }
 
     /// How many commands failed or were not understood so far.

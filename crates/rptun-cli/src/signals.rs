@@ -1,6 +1,7 @@
 //! Ctrl-C and friends: SIGINT, SIGTERM and SIGHUP set a flag that the
 //! simulator's loops check (signal-safe: the handler only stores to an
 //! atomic). A second SIGINT while the first is being handled exits at once.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

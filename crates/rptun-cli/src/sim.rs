@@ -11,6 +11,7 @@
 //! also for a proxy started by hand) and the boot words (a restarted proxy
 //! sets NEED_RESET). A dead proxy marks the link crashed at once;
 //! `rptun start proxy` or `--restart-proxy` brings it back.
+#![forbid(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufRead, IsTerminal, Write};
@@ -401,33 +402,56 @@ impl CuTap {
 
 const PROXY_PROMPT: &[u8] = b"proxy> ";
 
-/// Prints the proxy's answer as it arrives, until its prompt (or a quiet
-/// timeout). False when nothing came at all.
-fn cu_collect(rx: &Receiver<Vec<u8>>, out: &mut dyn Write, interrupt: &AtomicBool) -> bool {
+/// Prints the proxy's answer until its prompt (or a quiet timeout). On a
+/// terminal the bytes show as they arrive; otherwise the answer is written
+/// in one piece and the trailing prompt is returned, to be written with the
+/// next echoed line (so log lines cannot land between them). `None` when
+/// nothing came at all.
+fn cu_collect(
+    rx: &Receiver<Vec<u8>>,
+    out: &mut dyn Write,
+    interrupt: &AtomicBool,
+    tty: bool,
+) -> Option<Vec<u8>> {
     let start = Instant::now();
     let mut got = Vec::new();
-    loop {
+    let done = loop {
         let budget = if got.is_empty() {
             Duration::from_secs(5)
         } else {
             Duration::from_secs(30)
         };
         if interrupt.load(Ordering::Relaxed) || start.elapsed() > budget {
-            return !got.is_empty();
+            break !got.is_empty();
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(b) => {
-                let _ = out.write_all(&b);
-                let _ = out.flush();
+                if tty {
+                    let _ = out.write_all(&b);
+                    let _ = out.flush();
+                }
                 got.extend_from_slice(&b);
                 if got.ends_with(PROXY_PROMPT) {
-                    return true;
+                    break true;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return !got.is_empty(),
+            Err(RecvTimeoutError::Disconnected) => break !got.is_empty(),
         }
+    };
+    if !done {
+        if !tty {
+            let _ = out.write_all(&got);
+        }
+        return None;
     }
+    if tty {
+        return Some(Vec::new());
+    }
+    let keep = got.len() - PROXY_PROMPT.len().min(got.len());
+    let _ = out.write_all(&got[..keep]);
+    let _ = out.flush();
+    Some(got[keep..].to_vec())
 }
 
 /// Runs the server.
@@ -569,6 +593,8 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
 
         let mut out = std::io::stdout();
         let mut cu: Option<Receiver<Vec<u8>>> = None;
+        // The proxy's prompt, held until the next line is echoed after it.
+        let mut held: Vec<u8> = Vec::new();
         let mut prompt = true;
         loop {
             while let Ok(ev) = ui_rx.try_recv() {
@@ -591,7 +617,11 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
             prompt = true;
             if let Some(rx) = &cu {
                 if !tty {
-                    let _ = writeln!(out, "{line}");
+                    // the proxy's prompt and the echoed line in one write
+                    let mut echo = std::mem::take(&mut held);
+                    echo.extend_from_slice(line.as_bytes());
+                    echo.push(b'\n');
+                    let _ = out.write_all(&echo);
                 }
                 if line.trim() == "~." {
                     tap.close();
@@ -603,13 +633,15 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
                 data.push(b'\n');
                 let sent = node.call(move |n| n.tty_write(&data))?;
                 let answered = match sent {
-                    Ok(()) => cu_collect(rx, &mut out, &interrupt),
+                    Ok(()) => cu_collect(rx, &mut out, &interrupt, tty),
                     Err(e) => {
                         let _ = writeln!(out, "cu: {e}");
-                        false
+                        None
                     }
                 };
-                if !answered {
+                if let Some(p) = answered {
+                    held = p;
+                } else {
                     let _ = writeln!(
                         out,
                         "\ncu: no answer from proxy within 5 s; back to the server shell"
@@ -642,7 +674,8 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
                      return"
                 );
                 let _ = node.call(|n| n.tty_write(b"\n"))?;
-                if cu_collect(&rx, &mut out, &interrupt) {
+                if let Some(p) = cu_collect(&rx, &mut out, &interrupt, tty) {
+                    held = p;
                     cu = Some(rx);
                 } else {
                     let _ = writeln!(out, "cu: no answer from proxy within 5 s");

@@ -211,6 +211,31 @@ mod tests {
     }
 
     #[test]
+    fn wait_once_notices_an_increment_without_a_wake_after_one_bounded_sleep() {
+        let r = Region::new_heap(64);
+        let b = Doorbell::new(r.clone(), 4, 0, false).with_max_sleep(Duration::from_millis(5));
+        let seen = b.peer_seq();
+        // a NuttX-style peer: increment, no FUTEX_WAKE
+        r.fetch_add_u32(0, 1).unwrap();
+        // the value already differs: no sleep at all
+        assert_eq!(b.wait_once(seen, Duration::from_secs(30)), seen + 1);
+        // an increment while asleep is seen when the bounded sleep ends
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2));
+            r2.fetch_add_u32(0, 1).unwrap();
+        });
+        let mut v = seen + 1;
+        let start = Instant::now();
+        while v == seen + 1 {
+            v = b.wait_once(v, Duration::from_secs(30));
+            assert!(start.elapsed() < Duration::from_secs(30));
+        }
+        t.join().unwrap();
+        assert_eq!(v, seen + 2);
+    }
+
+    #[test]
     fn wait_times_out_when_nothing_rings() {
         let r = Region::new_heap(64);
         let b = Doorbell::new(r, 4, 0, false);

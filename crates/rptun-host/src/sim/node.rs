@@ -648,7 +648,7 @@ impl Node {
                     );
                     self.start_quiet();
                 }
-                if self.last_linked_check.elapsed() > Duration::from_millis(250) {
+                if self.last_linked_check.elapsed() > Duration::from_millis(500) {
                     self.last_linked_check = Instant::now();
                     if !self.shm.still_linked() {
                         self.exit = Some(format!(
@@ -1271,17 +1271,35 @@ impl NodeHandle {
     }
 }
 
+/// How often an idle node services its vdevs and links anyway (local work
+/// queued by other threads, such as syslog lines, waits at most this long).
+const IDLE_SERVICE: Duration = Duration::from_millis(100);
+
 fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
+    let mut last_seen = None;
+    let mut last_service = Instant::now();
     loop {
         let seen = node.bell.doorbell().peer_seq();
         sh.pending.store(false, Ordering::Release);
+        let mut worked = false;
         while let Ok(job) = rx.try_recv() {
             job(node);
+            worked = true;
         }
         if sh.cancel.load(Ordering::Acquire) {
             return None;
         }
-        node.step();
+        // The peer rang since we last looked, we ran calls, or it is time:
+        // service everything. Otherwise (a bounded sleep ran out) only the
+        // boot words, which the peer changes without ringing.
+        let rang = last_seen != Some(seen);
+        last_seen = Some(seen);
+        if rang || worked || last_service.elapsed() >= IDLE_SERVICE {
+            last_service = Instant::now();
+            node.step();
+        } else {
+            node.check_boot_words();
+        }
         if let Some(why) = node.exit.take() {
             return Some(why);
         }
