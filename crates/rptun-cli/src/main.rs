@@ -47,8 +47,19 @@ enum Cmd {
     Port(port::PortArgs),
 }
 
-fn main() -> Result<std::process::ExitCode> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line that says what went wrong (and, from the error, what
+            // to do), not a backtrace.
+            eprintln!("rptun: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
         Cmd::Sim(a) => sim::run(&a),
         Cmd::Proxy(a) => proxy::run(&a).map(|()| std::process::ExitCode::SUCCESS),

@@ -76,7 +76,13 @@ fn tty_shell(node: NodeHandle, rx: Receiver<Vec<u8>>) {
                 );
             }
             out.extend_from_slice(b"proxy> ");
-            if node.call(move |n| n.tty_write(&out)).is_err() {
+            // Service the link first: log lines the command wrote go out
+            // over syslog before its answer on the tty.
+            let answered = node.call(move |n| {
+                n.step();
+                n.tty_write(&out)
+            });
+            if answered.is_err() {
                 return;
             }
         }

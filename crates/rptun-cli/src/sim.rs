@@ -654,12 +654,13 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
             if line.trim().is_empty() {
                 continue;
             }
-            // One write per command: log lines from the other threads and
-            // the proxy do not land inside its answer.
-            let mut answer = Vec::new();
             if !tty {
-                let _ = writeln!(answer, "server> {line}");
+                let _ = writeln!(out, "server> {line}");
+                let _ = out.flush();
             }
+            // The answer in one write: log lines from the other threads and
+            // the proxy do not land inside it.
+            let mut answer = Vec::new();
             let flow = sh.run_line(&line, &mut answer);
             let _ = out.write_all(&answer);
             let _ = out.flush();
@@ -696,6 +697,7 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
     // child we spawned.
     stop_watch.store(true, Ordering::Release);
     sup.borrow_mut().shutting_down = true;
+    log::info!("exiting: stopping proxy, removing /dev/shm/{}", args.shm);
     let _ = node.call(|n| {
         if n.state() == State::Running {
             let _ = n.stop_link(Duration::from_millis(500));

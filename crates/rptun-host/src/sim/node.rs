@@ -958,14 +958,13 @@ impl Node {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "rptun {}: {} of {}, state {}",
+            "rptun {}: this side is the {}, state {}",
             self.cfg.remote_name(),
             if self.cfg.role.is_master() {
                 "master"
             } else {
                 "remote"
             },
-            self.cfg.remote_name(),
             self.instance.state()
         );
         let _ = writeln!(
