@@ -129,3 +129,71 @@ fn stop_then_start_and_a_remote_that_vanishes() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn another_link_joins_the_node_and_is_serviced_when_woken() {
+    use rptun::rpmsg::loopback::{Loopback, LoopbackConfig};
+    use rptun::rpmsg::services::ping::{create_endpoint, ping};
+    use rptun::rpmsg::wait::{Clock, Wait};
+    use rptun::rpmsg::{Link, RpmsgTransport};
+
+    let p = pair("extra");
+    let (a, b) = Loopback::pair(LoopbackConfig {
+        cpu_a: "server",
+        cpu_b: "port",
+        ..LoopbackConfig::default()
+    })
+    .unwrap();
+    p.server
+        .call(move |n| n.add_link(Link::new(Box::new(a) as Box<dyn RpmsgTransport + Send>)))
+        .unwrap();
+    assert!(p
+        .server
+        .call(|n| n.cpus())
+        .unwrap()
+        .contains(&"port".to_string()));
+    // Our end of the new link, driven from this thread: the node's ping
+    // service answers on it once the node looks at the link.
+    let mut link = Link::new(b);
+    link.poll().unwrap();
+    let ept = create_endpoint(&mut link).unwrap();
+    struct Woken {
+        node: NodeHandle,
+        start: std::time::Instant,
+    }
+    impl Clock for Woken {
+        fn now_ns(&mut self) -> u64 {
+            self.start.elapsed().as_nanos() as u64
+        }
+    }
+    impl Wait for Woken {
+        fn wait_until(&mut self, _deadline: u64) {
+            self.node.wake();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let mut w = Woken {
+        node: p.server.clone(),
+        start: std::time::Instant::now(),
+    };
+    // bind (our CREATE, the node's CREATE_ACK), then ping
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while link.endpoint(ept).unwrap().dest == rptun::rpmsg::ADDR_ANY {
+        assert!(std::time::Instant::now() < end, "never bound");
+        w.wait_until(0);
+        link.poll().unwrap();
+    }
+    let r = ping(&mut link, ept, &PingParams::new(3, 100).check(true), &mut w).unwrap();
+    assert_eq!((r.times, r.send_len), (3, 100));
+    // the node's own link is unaffected
+    p.server
+        .call(|n| n.ping("proxy", &PingParams::new(1, 17)))
+        .unwrap()
+        .unwrap();
+    let dump = p
+        .server
+        .call(move |n| n.dump(Some("port")))
+        .unwrap()
+        .unwrap();
+    assert!(dump.contains("remote port role loopback up"), "{dump}");
+}

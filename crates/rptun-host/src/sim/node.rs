@@ -47,8 +47,11 @@
 //! # Adding a link
 //!
 //! The bus holds `Box<dyn RpmsgTransport + Send>` links: another transport
-//! (rpmsg over a byte stream, say) joins with [`Node::add_link`] and is
-//! polled by the same loop with the same services.
+//! (rpmsg over a byte stream, say) joins with [`Node::add_link`] (through
+//! [`NodeHandle::call`]) and is polled by the same loop with the same
+//! services. The loop sleeps on the shared-memory doorbell, so such a
+//! transport calls [`NodeHandle::wake`] when its data arrives (otherwise an
+//! idle node looks at it every 100 ms).
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -1250,6 +1253,14 @@ impl NodeHandle {
         r.recv().map_err(|_| NodeGone)
     }
 
+    /// Makes the node service every link now (from any thread): what a
+    /// transport whose data arrives outside the shared memory (rpmsg over a
+    /// byte stream) calls when bytes came in.
+    pub fn wake(&self) {
+        self.shared.pending.store(true, Ordering::Release);
+        self.bell.wake_local();
+    }
+
     /// True once the node thread ended.
     pub fn is_finished(&self) -> bool {
         self.shared.done.load(Ordering::Acquire)
@@ -1279,8 +1290,7 @@ fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
     let mut last_service = Instant::now();
     loop {
         let seen = node.bell.doorbell().peer_seq();
-        sh.pending.store(false, Ordering::Release);
-        let mut worked = false;
+        let mut worked = sh.pending.swap(false, Ordering::AcqRel);
         while let Ok(job) = rx.try_recv() {
             job(node);
             worked = true;
