@@ -493,6 +493,7 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
         })),
         syslog_queue: None,
     };
+    let identity = shm.identity();
     let mut node = Node::new(cfg, hooks, shm)?;
     // A stale OK from a crashed run must not let a proxy boot on an old
     // table; a proxy we are about to spawn starts from a clean word too.
@@ -702,8 +703,12 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
         if n.state() == State::Running {
             let _ = n.stop_link(Duration::from_millis(500));
         }
-        n.shm().unlink_if_ours()
     });
+    // By identity, so that this works even if the node thread died, and
+    // never removes a newer object of the same name.
+    if identity.still_linked() {
+        let _ = rptun_host::shm::unlink(&args.shm);
+    }
     let child = sup.borrow().child;
     if let Some(pid) = child {
         terminate(pid, &ui_rx);

@@ -330,8 +330,19 @@ fn dump_shows_both_cpus_vrings_and_endpoints_on_both_sides() {
         out.contains("rpmsg link: local server remote proxy role virtio driver up"),
         "{out}"
     );
-    assert!(out.contains("vring0 (rx): num 8"), "{out}");
-    assert!(out.contains("vring1 (tx): num 8"), "{out}");
+    for ring in [
+        "vring0 (rx): num 8 avail.idx ",
+        "vring1 (tx): num 8 avail.idx ",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(ring))
+            .unwrap_or_else(|| panic!("no `{ring}` in:\n{out}"));
+        assert!(
+            line.contains(" used.idx ") && line.contains(" in_flight "),
+            "{line}"
+        );
+    }
     for ept in [
         "\"rpmsg-ping\"",
         "\"rpmsg-test\"",
