@@ -197,3 +197,13 @@ fn another_link_joins_the_node_and_is_serviced_when_woken() {
         .unwrap();
     assert!(dump.contains("remote port role loopback up"), "{dump}");
 }
+
+#[test]
+fn a_too_small_object_is_refused_with_a_clear_error() {
+    let name = format!("rptun-node-small-{}", std::process::id());
+    let shm = ShmObject::open_or_create(&name, 4096).unwrap();
+    let e = Node::new(NodeConfig::new(Role::Master), NodeHooks::default(), shm).unwrap_err();
+    let _ = rptun_host::shm::unlink(&name);
+    assert!(e.to_string().contains("4096 bytes"), "{e}");
+    assert!(e.to_string().contains("197072"), "{e}");
+}

@@ -178,6 +178,13 @@ pub enum NodeError {
     /// The table could not be built.
     #[error(transparent)]
     Table(#[from] table::SimTableError),
+    /// The shm object is smaller than the simulator's layout.
+    #[error(
+        "the shm object is {0} bytes; the simulator needs {size} (open it with \
+         ShmObject::open_or_create(name, SHM_SIZE))",
+        size = super::layout::SHM_SIZE
+    )]
+    ShmSize(usize),
     /// The node thread could not be started.
     #[error("cannot start the node thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -327,12 +334,15 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A node of `cfg.role` on `shm` (which must be [`SHM_SIZE`]
-    /// (super::layout::SHM_SIZE) bytes). Nothing runs before
+    /// A node of `cfg.role` on `shm` (which must be
+    /// [`SHM_SIZE`](super::layout::SHM_SIZE) bytes). Nothing runs before
     /// [`NodeHandle::spawn`].
     pub fn new(cfg: NodeConfig, hooks: NodeHooks, shm: ShmObject) -> Result<Node, NodeError> {
         let role = cfg.role;
         let region = shm.region().clone();
+        if region.len() < super::layout::SHM_SIZE {
+            return Err(NodeError::ShmSize(region.len()));
+        }
         let bell = SimBell::new(region.clone(), role, cfg.poll, cfg.max_sleep);
         let bad = |n: &str| NodeError::BadName(n.to_string());
         let local = LocalCpu::new(cfg.local_name()).map_err(|_| bad(cfg.local_name()))?;

@@ -16,7 +16,7 @@
 //! the doorbell increments this side's counter (`seqm` for the master,
 //! `seqs` for the remote) and wakes the peer's futex waiters. NuttX peers
 //! poll the counter every tick; ours sleep on it (see
-//! [`Doorbell`](crate::doorbell::Doorbell)).
+//! [`Doorbell`]).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
