@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod openamp;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
@@ -18,6 +19,9 @@ struct Cli {
 enum Cmd {
     /// Measure rptun against raw shared-memory baselines between two processes.
     Bench(bench::BenchArgs),
+    /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
+    /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
+    Openamp(openamp::OpenampArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Openamp(a) => openamp::run(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
     }
 }

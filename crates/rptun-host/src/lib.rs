@@ -3,10 +3,16 @@
 //! - [`shm`]: POSIX shared-memory objects mapped into this process as
 //!   [`rptun::shm::Region`]s (the mmap backend of the seam);
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
-//!   notice peers that only increment a counter and never wake anyone.
+//!   notice peers that only increment a counter and never wake anyone;
+//! - [`entropy`]: the OS random number generator as a virtio-rng
+//!   entropy source;
+//! - [`openamp`]: the platform of OpenAMP's Linux user-space demos
+//!   (`openamp.shm` + a unix-socket kick), both virtio roles.
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod doorbell;
+pub mod entropy;
+pub mod openamp;
 pub mod shm;
 pub mod sim;
