@@ -797,3 +797,219 @@ fn device_uses_defaults_when_config_space_is_too_short() {
     assert_eq!(s.link.remote_cpu().as_str(), "server");
     s.still_serves(b"with short config");
 }
+
+// ============================================= the resource table after boot
+
+use rptun::remoteproc::instance::{Event, InstanceError, State, VdevState};
+use rptun::remoteproc::table::TableError;
+use rptun::shm::Region;
+
+type Change = (&'static str, fn(&Region, &TableMap));
+
+/// What a peer may rewrite in the table after both sides booted.
+fn table_changes() -> Vec<Change> {
+    fn add(r: &Region, at: usize, d: u32) {
+        r.write_u32(at, r.read_u32(at).unwrap().wrapping_add(d))
+            .unwrap();
+    }
+    vec![
+        ("vring0 da moved", |r, m| add(r, m.vring(0), 0x100)),
+        ("vring1 da moved outside the region", |r, m| {
+            r.write_u32(m.vring(1), 0x0100_0000).unwrap()
+        }),
+        ("vring1 num changed", |r, m| {
+            r.write_u32(m.vring(1) + 8, 16).unwrap()
+        }),
+        ("vring0 align changed", |r, m| {
+            r.write_u32(m.vring(0) + 4, 4096).unwrap()
+        }),
+        ("vring1 notifyid changed", |r, m| {
+            r.write_u32(m.vring(1) + 12, 77).unwrap()
+        }),
+        ("vdev notifyid changed", |r, m| {
+            r.write_u32(m.notifyid(), 55).unwrap()
+        }),
+        ("vdev count changed", |r, m| {
+            r.write_u32(m.num_entries(), 1).unwrap()
+        }),
+        ("entry count huge", |r, m| {
+            r.write_u32(m.num_entries(), 0xffff_ffff).unwrap()
+        }),
+        ("vdev offset pointing elsewhere", |r, m| {
+            add(r, m.offset_of_entry(0), 4)
+        }),
+        ("carveout offset pointing past the region", |r, m| {
+            r.write_u32(m.offset_of_entry(1), 0x7fff_0000).unwrap()
+        }),
+        ("carveout len changed", |r, m| {
+            r.write_u32(m.carveout_len(), 0x100).unwrap()
+        }),
+        ("num_of_vrings changed", |r, m| {
+            r.write_u8(m.num_vrings(), 1).unwrap()
+        }),
+        ("config_len changed", |r, m| {
+            r.write_u32(m.config_len(), 8).unwrap()
+        }),
+        ("device id changed", |r, m| {
+            r.write_u32(m.vdev + 4, 4).unwrap()
+        }),
+    ]
+}
+
+/// The instance saw the change on its next doorbell: crashed, every vdev
+/// failed with `ChangedAfterBoot`, its handler removed, the events out.
+fn assert_table_refused(us: &InstanceSide, what: &str) {
+    assert_eq!(us.inst.state(), State::Crashed, "{what}");
+    let err = InstanceError::Table(TableError::ChangedAfterBoot);
+    let v = us.inst.vdevs();
+    assert_eq!(v.len(), 1, "{what}");
+    assert_eq!(v[0].state, VdevState::Failed(err), "{what}");
+    let ev = us.events.lock().unwrap();
+    assert!(ev.contains(&Event::VdevDown {
+        index: 0,
+        id: rptun::virtio::id::RPMSG
+    }));
+    assert!(ev.contains(&Event::VdevFailed {
+        index: 0,
+        id: rptun::virtio::id::RPMSG,
+        error: err
+    }));
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert!(us.drv.lock().unwrap().is_none() && us.dev.lock().unwrap().is_none());
+}
+
+#[test]
+fn master_takes_the_link_down_when_the_remote_rewrites_the_table() {
+    for (what, change) in table_changes() {
+        let r = Region::new_heap(REGION_LEN);
+        fill_guard(&r);
+        let mut us = InstanceSide::new(true, &r);
+        us.inst.start().unwrap();
+        let mut peer = FakeDevice::attach(&r);
+        let (svc, got) = {
+            let mut g = us.drv.lock().unwrap();
+            let link = g.as_mut().unwrap();
+            link.poll().unwrap();
+            bind_as_driver(link, &mut peer)
+        };
+        for tag in [&b"one"[..], b"two"] {
+            let mut g = us.drv.lock().unwrap();
+            driver_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, tag);
+        }
+        // A doorbell with nothing changed keeps everything running.
+        us.doorbell();
+        assert_eq!(us.inst.state(), State::Running);
+
+        change(&r, &peer.map);
+        let mut spans = peer.own_spans();
+        spans.push((GUARD, GUARD_LEN));
+        let guard = Untouched::new(&r, spans);
+        us.doorbell();
+        guard.check(what);
+        assert_table_refused(&us, what);
+        // The driver told its device it is gone.
+        assert_eq!(r.read_u8(peer.map.status()).unwrap(), 0, "{what}");
+        // Later doorbells are quiet.
+        us.doorbell();
+        guard.check(what);
+
+        // A restart writes a fresh table; the link serves again.
+        us.inst.start().unwrap();
+        assert_eq!(us.inst.state(), State::Running);
+        let mut peer = FakeDevice::attach(&r);
+        let mut g = us.drv.lock().unwrap();
+        let link = g.as_mut().unwrap();
+        link.poll().unwrap();
+        let (svc, got) = bind_as_driver(link, &mut peer);
+        driver_round_trip(link, &mut peer, svc, &got, b"after restart");
+    }
+}
+
+/// The fake master's table, written and assigned; returns the pool offset.
+fn fake_master_table(r: &Region) -> usize {
+    r.fill(RSC, RSC_MAX, 0).unwrap();
+    r.write_bytes(RSC, &table(0xf, &config(BUF as u32, BUF as u32)))
+        .unwrap();
+    let mut scratch = vec![0u8; RSC_MAX];
+    let t = rptun::remoteproc::table::assign(r, loc(), &map(), &mut scratch).unwrap();
+    let info = *t.vdev(0).unwrap().as_ref().unwrap();
+    info.pool.unwrap().offset
+}
+
+#[test]
+fn remote_takes_the_link_down_when_the_master_rewrites_the_table() {
+    for (what, change) in table_changes() {
+        let r = Region::new_heap(REGION_LEN);
+        fill_guard(&r);
+        let pool = fake_master_table(&r);
+        let mut us = InstanceSide::new(false, &r);
+        us.inst.start().unwrap();
+        assert_eq!(us.inst.vdevs()[0].state, VdevState::WaitingForDriver);
+        let mut peer = FakeDriver::boot(&r, pool, 0xf, BUF as u32);
+        us.doorbell();
+        assert_eq!(us.inst.vdevs()[0].state, VdevState::Active);
+        let (svc, got) = {
+            let mut g = us.dev.lock().unwrap();
+            let link = g.as_mut().unwrap();
+            link.poll().unwrap();
+            bind_as_device(link, &mut peer)
+        };
+        for tag in [&b"one"[..], b"two"] {
+            let mut g = us.dev.lock().unwrap();
+            device_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, tag);
+        }
+        us.doorbell();
+        assert_eq!(us.inst.state(), State::Running);
+
+        change(&r, &peer.map);
+        // The device writes nothing when it leaves: not even the status.
+        let mut spans = peer.own_spans();
+        spans.push((GUARD, GUARD_LEN));
+        spans.push((RSC, RSC_MAX));
+        spans.push(peer.v0.device_area());
+        spans.push(peer.v1.device_area());
+        let guard = Untouched::new(&r, spans);
+        us.doorbell();
+        guard.check(what);
+        assert_table_refused(&us, what);
+        us.doorbell();
+        guard.check(what);
+
+        // The master restarts with a fresh table; so does our remote.
+        let pool = fake_master_table(&r);
+        us.inst.start().unwrap();
+        let mut peer = FakeDriver::boot(&r, pool, 0xf, BUF as u32);
+        us.doorbell();
+        assert_eq!(us.inst.state(), State::Running);
+        let mut g = us.dev.lock().unwrap();
+        let link = g.as_mut().unwrap();
+        link.poll().unwrap();
+        let (svc, got) = bind_as_device(link, &mut peer);
+        device_round_trip(link, &mut peer, svc, &got, b"after restart");
+    }
+}
+
+#[test]
+fn run_time_fields_of_the_table_are_not_changes() {
+    // gfeatures, config space and the mailbox words are written at run
+    // time; rewriting them is not a table change (the transports validate
+    // them where they use them).
+    let r = Region::new_heap(REGION_LEN);
+    fill_guard(&r);
+    let mut us = InstanceSide::new(true, &r);
+    us.inst.start().unwrap();
+    let mut peer = FakeDevice::attach(&r);
+    let (svc, got) = {
+        let mut g = us.drv.lock().unwrap();
+        let link = g.as_mut().unwrap();
+        link.poll().unwrap();
+        bind_as_driver(link, &mut peer)
+    };
+    let m = peer.map;
+    r.write_u32(m.gfeatures(), 0x1).unwrap();
+    r.fill(m.config(), 64, 0xee).unwrap();
+    us.doorbell();
+    assert_eq!(us.inst.state(), State::Running);
+    let mut g = us.drv.lock().unwrap();
+    driver_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, b"still");
+}

@@ -701,6 +701,81 @@ pub fn sink<T: RpmsgTransport + 'static>(
     on_message(move |_ctx, msg| got.lock().unwrap().push((msg.src(), msg.to_vec())))
 }
 
+pub type Got = Arc<Mutex<Vec<(u32, Vec<u8>)>>>;
+
+/// Creates our "svc" on a driver link and binds it with the fake device.
+pub fn bind_as_driver(link: &mut Link<RDrv>, peer: &mut FakeDevice) -> (EndpointId, Got) {
+    let got = Got::default();
+    let svc = link
+        .create_endpoint(EndpointConfig::new("svc"), sink(&got))
+        .unwrap();
+    // Our announcement goes out; the peer answers with its own CREATE.
+    let ann = peer.drain();
+    assert_eq!(ann.len(), 1, "{ann:?}");
+    assert_eq!(ann[0].ns().unwrap().0, "svc");
+    peer.ns(&name_field("svc"), PEER_ADDR, NS_CREATE);
+    link.poll().unwrap();
+    assert_eq!(link.endpoint(svc).unwrap().dest, PEER_ADDR);
+    // CREATE_ACK from us (NS|ACK negotiated).
+    peer.drain();
+    (svc, got)
+}
+
+/// Both ways over a bound driver link: the fake device sends `tag` to our
+/// "svc", which gets it; our "svc" sends `tag` back.
+pub fn driver_round_trip(
+    link: &mut Link<RDrv>,
+    peer: &mut FakeDevice,
+    svc: EndpointId,
+    got: &Got,
+    tag: &[u8],
+) {
+    got.lock().unwrap().clear();
+    let addr = link.endpoint(svc).unwrap().addr;
+    peer.send(PEER_ADDR, addr, tag);
+    link.poll().unwrap();
+    assert_eq!(*got.lock().unwrap(), vec![(PEER_ADDR, tag.to_vec())]);
+    link.trysend(svc, tag).unwrap();
+    let out = peer.drain();
+    assert_eq!(out.last().map(|m| m.payload.clone()), Some(tag.to_vec()));
+}
+
+/// Creates our "svc" on a device link (up) and binds it with the fake
+/// driver.
+pub fn bind_as_device(link: &mut Link<RDev>, peer: &mut FakeDriver) -> (EndpointId, Got) {
+    let got = Got::default();
+    let svc = link
+        .create_endpoint(EndpointConfig::new("svc"), sink(&got))
+        .unwrap();
+    assert!(link.is_up(), "{}", link.dump());
+    let ann = peer.recv();
+    assert_eq!(ann.len(), 1, "{ann:?}");
+    assert_eq!(ann[0].ns().unwrap().0, "svc");
+    peer.ns(&name_field("svc"), PEER_ADDR, NS_CREATE);
+    link.poll().unwrap();
+    assert_eq!(link.endpoint(svc).unwrap().dest, PEER_ADDR);
+    peer.recv();
+    (svc, got)
+}
+
+/// [`driver_round_trip`] for a device link.
+pub fn device_round_trip(
+    link: &mut Link<RDev>,
+    peer: &mut FakeDriver,
+    svc: EndpointId,
+    got: &Got,
+    tag: &[u8],
+) {
+    got.lock().unwrap().clear();
+    let addr = link.endpoint(svc).unwrap().addr;
+    peer.send(PEER_ADDR, addr, tag);
+    link.poll().unwrap();
+    assert_eq!(*got.lock().unwrap(), vec![(PEER_ADDR, tag.to_vec())]);
+    link.trysend(svc, tag).unwrap();
+    let out = peer.recv();
+    assert_eq!(out.last().map(|m| m.payload.clone()), Some(tag.to_vec()));
+}
+
 impl DriverSide {
     pub fn new() -> DriverSide {
         Self::with(0xf, &config(BUF as u32, BUF as u32), driver_opts())
@@ -715,19 +790,7 @@ impl DriverSide {
         link.poll().unwrap();
         assert!(link.is_up());
         let mut peer = FakeDevice::attach(&r);
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let svc = link
-            .create_endpoint(EndpointConfig::new("svc"), sink(&got))
-            .unwrap();
-        // Our announcement goes out; the peer answers with its own CREATE.
-        let ann = peer.drain();
-        assert_eq!(ann.len(), 1, "{ann:?}");
-        assert_eq!(ann[0].ns().unwrap().0, "svc");
-        peer.ns(&name_field("svc"), PEER_ADDR, NS_CREATE);
-        link.poll().unwrap();
-        assert_eq!(link.endpoint(svc).unwrap().dest, PEER_ADDR);
-        // CREATE_ACK from us (NS|ACK negotiated).
-        peer.drain();
+        let (svc, got) = bind_as_driver(&mut link, &mut peer);
         DriverSide {
             link,
             peer,
@@ -967,4 +1030,146 @@ pub fn both_sides() -> Vec<Box<dyn Side>> {
     let mut dev = DeviceSide::new();
     dev.bind();
     vec![Box::new(DriverSide::new()), Box::new(dev)]
+}
+
+// ------------------------------------------------------------ instances
+
+use rptun::remoteproc::instance::{Event, Instance};
+use rptun::remoteproc::platform::Platform;
+use rptun::remoteproc::registry::{Registry, VirtioHandler};
+use rptun::virtio::VirtioError;
+
+/// A platform over the test region: the master writes [`table`] at [`RSC`]
+/// on every start; the remote expects it there.
+pub struct TestPlatform {
+    pub master: bool,
+    pub region: Region,
+    pub bell: Bell,
+}
+
+impl Platform for TestPlatform {
+    type Notifier = Bell;
+
+    fn remote_cpu(&self) -> rptun::remoteproc::platform::RemoteCpuName {
+        rptun::remoteproc::platform::RemoteCpuName::new(if self.master {
+            "proxy"
+        } else {
+            "server"
+        })
+        .unwrap()
+    }
+    fn is_master(&self) -> bool {
+        self.master
+    }
+    fn region(&self) -> Region {
+        self.region.clone()
+    }
+    fn resource_table(&mut self) -> Result<TableLocation, PlatformError> {
+        if self.master {
+            self.region.fill(RSC, RSC_MAX, 0).unwrap();
+            self.region
+                .write_bytes(RSC, &table(0xf, &config(BUF as u32, BUF as u32)))
+                .unwrap();
+        }
+        Ok(loc())
+    }
+    fn address_map(&self) -> Result<LinkMap, PlatformError> {
+        Ok(map())
+    }
+    fn start(&mut self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn stop(&mut self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn notifier(&self) -> Bell {
+        self.bell.clone()
+    }
+}
+
+/// A link shared between its vdev handler (inside the instance) and the
+/// test; `None` once the instance removed the handler.
+pub type Shared<T> = Arc<Mutex<Option<Link<T>>>>;
+
+/// The rpmsg link as a vdev handler: every doorbell polls it.
+pub struct RpmsgHandler<T: RpmsgTransport + 'static>(pub Shared<T>);
+
+impl<T: RpmsgTransport + Send + 'static> VirtioHandler for RpmsgHandler<T> {
+    fn notify(&mut self, _queue: u16) {
+        self.poll();
+    }
+    fn poll(&mut self) {
+        if let Some(l) = self.0.lock().unwrap().as_mut() {
+            // Errors are counted by the link and the transport.
+            let _ = l.poll();
+        }
+    }
+    fn remove(&mut self) {
+        self.0.lock().unwrap().take();
+    }
+}
+
+fn rpmsg_error(e: rptun::rpmsg::virtio::RpmsgVirtioError) -> VirtioError {
+    match e {
+        rptun::rpmsg::virtio::RpmsgVirtioError::Virtio(v) => v,
+        _ => VirtioError::Protocol("rpmsg-virtio could not start (see the log)"),
+    }
+}
+
+/// A registry that runs our rpmsg driver or device on rpmsg vdevs and puts
+/// each new link in `drv` / `dev`.
+pub fn rpmsg_registry(drv: Shared<RDrv>, dev: Shared<RDev>) -> Registry<Bell> {
+    let mut reg = Registry::new();
+    reg.register_driver(rptun::virtio::id::RPMSG, move |t| {
+        let d = RDrv::start_new(t, driver_opts()).map_err(|(e, _)| rpmsg_error(e))?;
+        *drv.lock().unwrap() = Some(Link::new(d));
+        Ok(Box::new(RpmsgHandler(drv.clone())) as Box<dyn VirtioHandler>)
+    });
+    reg.register_device(rptun::virtio::id::RPMSG, move |t| {
+        *dev.lock().unwrap() = Some(Link::new(RDev::new(t, device_opts())));
+        Ok(Box::new(RpmsgHandler(dev.clone())) as Box<dyn VirtioHandler>)
+    });
+    reg
+}
+
+/// Our side is a whole remoteproc instance (master: the vdev's driver;
+/// remote: its device) and the fake peer plays the other end.
+pub struct InstanceSide {
+    pub inst: Instance<TestPlatform>,
+    pub drv: Shared<RDrv>,
+    pub dev: Shared<RDev>,
+    pub events: Arc<Mutex<Vec<Event>>>,
+    pub r: Region,
+    pub bell: Bell,
+}
+
+impl InstanceSide {
+    pub fn new(master: bool, r: &Region) -> InstanceSide {
+        let bell = Bell::default();
+        let (drv, dev) = (Shared::default(), Shared::default());
+        let mut inst = Instance::new(
+            TestPlatform {
+                master,
+                region: r.clone(),
+                bell: bell.clone(),
+            },
+            rpmsg_registry(drv.clone(), dev.clone()),
+        );
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        inst.set_event_handler(move |e| ev.lock().unwrap().push(*e));
+        InstanceSide {
+            inst,
+            drv,
+            dev,
+            events,
+            r: r.clone(),
+            bell,
+        }
+    }
+
+    /// Polls the instance as the platform's periodic poller would.
+    pub fn doorbell(&mut self) {
+        self.inst.handle_doorbell(Doorbell::All);
+    }
 }
