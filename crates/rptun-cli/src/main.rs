@@ -6,6 +6,7 @@ mod bench;
 mod openamp;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
+mod soak;
 
 /// rptun: inter-processor communication for asymmetric multi-core systems.
 #[derive(Parser)]
@@ -22,6 +23,12 @@ enum Cmd {
     /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
     /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
     Openamp(openamp::OpenampArgs),
+    /// Soak test: millions of checked messages each way between two
+    /// processes over the simulator's shared memory.
+    Soak(soak::SoakArgs),
+    /// (internal) the proxy process of `rptun soak`.
+    #[command(hide = true)]
+    SoakPeer(soak::SoakPeerArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -39,6 +46,8 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Openamp(a) => openamp::run(&a),
+        Cmd::Soak(a) => soak::run(&a),
+        Cmd::SoakPeer(a) => soak::peer(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
     }
 }
