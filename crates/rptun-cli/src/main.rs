@@ -29,6 +29,10 @@ enum Cmd {
     /// (internal) the proxy process of `rptun soak`.
     #[command(hide = true)]
     SoakPeer(soak::SoakPeerArgs),
+    /// (internal) one side of the soak link driven from stdin (fault
+    /// injection tests).
+    #[command(hide = true)]
+    SoakSide(soak::SoakSideArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
         Cmd::Openamp(a) => openamp::run(&a),
         Cmd::Soak(a) => soak::run(&a),
         Cmd::SoakPeer(a) => soak::peer(&a),
+        Cmd::SoakSide(a) => soak::side(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
     }
 }

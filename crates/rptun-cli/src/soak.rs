@@ -16,6 +16,7 @@
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -235,10 +236,14 @@ fn options(master: bool) -> RpmsgVirtioOptions {
     )
 }
 
-fn registry(shared: Shared) -> Registry<SimBell> {
+/// `gen` counts the links the factories made (a restarted instance makes a
+/// new one, whose session numbers start again).
+fn registry(shared: Shared, gen: Arc<AtomicU64>) -> Registry<SimBell> {
     let mut reg = Registry::new();
     let s = shared.clone();
+    let g2 = gen.clone();
     reg.register_driver(rptun::virtio::id::RPMSG, move |t| {
+        g2.fetch_add(1, Ordering::Relaxed);
         let d = Drv::start_new(t, options(true)).map_err(|(e, _)| match e {
             rptun::rpmsg::virtio::RpmsgVirtioError::Virtio(v) => v,
             _ => VirtioError::Protocol("rpmsg-virtio could not start"),
@@ -249,6 +254,7 @@ fn registry(shared: Shared) -> Registry<SimBell> {
         Ok(Box::new(Handler(s.clone())) as Box<dyn VirtioHandler>)
     });
     reg.register_device(rptun::virtio::id::RPMSG, move |t| {
+        gen.fetch_add(1, Ordering::Relaxed);
         let d = Dev::new(t, options(false));
         if let Ok(mut g) = shared.lock() {
             *g = Some(AnyLink::Device(Link::new(d)));
@@ -266,6 +272,10 @@ struct Node {
     link: Shared,
     bell: SimBell,
     seen: u32,
+    /// Links made so far (see [`registry`]).
+    gen: Arc<AtomicU64>,
+    /// Restarts that followed the peer's (NEED_RESET in our boot word).
+    restarts: u64,
 }
 
 impl Node {
@@ -278,6 +288,7 @@ impl Node {
         };
         let bell = SimBell(Arc::new(Doorbell::new(region.clone(), mine, peer, false)));
         let link = Shared::default();
+        let gen = Arc::new(AtomicU64::new(0));
         let table = table::build(&table::SimTableConfig::default())?;
         let inst = Instance::new(
             SimPlatform {
@@ -288,7 +299,7 @@ impl Node {
                 table,
                 timeout,
             },
-            registry(link.clone()),
+            registry(link.clone(), gen.clone()),
         );
         Ok(Node {
             master,
@@ -297,6 +308,8 @@ impl Node {
             link,
             bell,
             seen: 0,
+            gen,
+            restarts: 0,
         })
     }
 
@@ -317,6 +330,7 @@ impl Node {
             now
         };
         if boot::take_need_reset(&self.region, self.master)? {
+            self.restarts += 1;
             self.start()?;
         }
         self.inst.handle_doorbell(platform::Doorbell::All);
@@ -432,6 +446,36 @@ impl Outcome {
     }
 }
 
+/// Creates "soak" on the link; its messages are checked into `rx`.
+fn create_endpoint(
+    node: &Node,
+    rx: &Arc<Mutex<RxCheck>>,
+    size: usize,
+) -> Option<Result<EndpointId, RpmsgError>> {
+    node.with(|l| {
+        with_link!(l, l => {
+            let rx = rx.clone();
+            let mut buf = vec![0u8; MAX_SIZE];
+            let mut scratch = Vec::with_capacity(MAX_SIZE);
+            l.create_endpoint(
+                EndpointConfig::new("soak"),
+                on_message(move |_ctx, msg| {
+                    let len = msg.len().min(buf.len());
+                    let ok = msg.read(0, &mut buf[..len]).is_ok();
+                    if let Ok(mut c) = rx.lock() {
+                        if ok {
+                            c.check(&buf[..len], size, &mut scratch);
+                        } else {
+                            c.received += 1;
+                            c.corrupt += 1;
+                        }
+                    }
+                }),
+            )
+        })
+    })
+}
+
 /// Brings the link up, binds "soak", sends `n` messages and receives `n`.
 fn traffic(node: &mut Node, n: u64, size: usize, stall: Duration) -> Result<Outcome> {
     node.start()?;
@@ -443,30 +487,8 @@ fn traffic(node: &mut Node, n: u64, size: usize, stall: Duration) -> Result<Outc
         node.step(Duration::from_millis(10))?;
     }
     let rx = Arc::new(Mutex::new(RxCheck::default()));
-    let ept: EndpointId = node
-        .with(|l| {
-            with_link!(l, l => {
-                let rx = rx.clone();
-                let mut buf = vec![0u8; MAX_SIZE];
-                let mut scratch = Vec::with_capacity(MAX_SIZE);
-                l.create_endpoint(
-                    EndpointConfig::new("soak"),
-                    on_message(move |_ctx, msg| {
-                        let len = msg.len().min(buf.len());
-                        let ok = msg.read(0, &mut buf[..len]).is_ok();
-                        if let Ok(mut c) = rx.lock() {
-                            if ok {
-                                c.check(&buf[..len], size, &mut scratch);
-                            } else {
-                                c.received += 1;
-                                c.corrupt += 1;
-                            }
-                        }
-                    }),
-                )
-            })
-        })
-        .ok_or_else(|| anyhow!("the rpmsg link went away"))??;
+    let ept: EndpointId =
+        create_endpoint(node, &rx, size).ok_or_else(|| anyhow!("the rpmsg link went away"))??;
     let bound = |node: &Node| {
         node.with(|l| with_link!(l, l => l.endpoint(ept).map(|e| e.dest != ADDR_ANY)))
             .flatten()
@@ -637,6 +659,170 @@ pub fn peer(args: &SoakPeerArgs) -> Result<()> {
     let mut node = Node::new(false, obj.region(), stall)?;
     let r = traffic(&mut node, args.messages, args.size, stall)?;
     println!("{}", r.line());
+    Ok(())
+}
+
+// ------------------------------------------------------------- one side, for fault injection
+
+/// Which side `rptun soak-side` plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SideRole {
+    /// The master (rpmsg virtio driver), like `rptun soak` itself.
+    Server,
+    /// The remote (rpmsg virtio device), like `rptun soak-peer`.
+    Proxy,
+}
+
+/// Options of the hidden `rptun soak-side`: one side that runs until told
+/// to quit, follows the peer's restarts, and takes commands on stdin.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakSideArgs {
+    /// Which side to play.
+    #[arg(long, value_enum)]
+    pub role: SideRole,
+    /// The shm object under /dev/shm.
+    #[arg(long)]
+    pub shm: String,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 64, value_parser = parse_size)]
+    pub size: usize,
+    /// Seconds to wait for the peer's boot handshake.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+/// Traffic of one link session.
+#[derive(Default)]
+struct Session {
+    /// (link generation, session) it belongs to.
+    id: (u64, Option<u32>),
+    ept: Option<EndpointId>,
+    to_send: u64,
+    sent: u64,
+    rx: Arc<Mutex<RxCheck>>,
+}
+
+/// `rptun soak-side`: commands on stdin, one per line: `send N` (queue N
+/// more messages in the current session), `status` (print a status line),
+/// `quit`. A new link session (the peer restarted) starts the counts
+/// afresh and drops what was still queued. Status lines are
+/// `status key=value ...` on stdout.
+pub fn side(args: &SoakSideArgs) -> Result<()> {
+    let master = args.role == SideRole::Server;
+    let obj = ShmObject::open_or_create(&args.shm, layout::SHM_SIZE)?;
+    let mut node = Node::new(master, obj.region(), Duration::from_secs(args.timeout))?;
+    let (tx, cmds) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+        let _ = tx.send("quit".into());
+    });
+    node.start()?;
+    let mut cur = Session::default();
+    let mut msg = Vec::with_capacity(args.size);
+    loop {
+        while let Ok(c) = cmds.try_recv() {
+            let w: Vec<&str> = c.split_whitespace().collect();
+            match w.as_slice() {
+                ["send", n] => cur.to_send += n.parse::<u64>().unwrap_or(0),
+                ["status"] => side_status(&node, &cur)?,
+                ["quit"] => return Ok(()),
+                _ => eprintln!("soak-side: unknown command {c:?}"),
+            }
+        }
+        let id = (
+            node.gen.load(Ordering::Relaxed),
+            node.with(|l| with_link!(l, l => l.session())).flatten(),
+        );
+        if id != cur.id {
+            cur = Session {
+                id,
+                ..Session::default()
+            };
+            // A link that went down and up again keeps its endpoints: start
+            // the new session with a fresh one.
+            node.with(|l| {
+                with_link!(l, l => {
+                    while let Some(e) = l.find_endpoint("soak") {
+                        if l.destroy_endpoint(e).is_err() {
+                            break;
+                        }
+                    }
+                })
+            });
+        }
+        if cur.id.1.is_some() && cur.ept.is_none() {
+            cur.ept = create_endpoint(&node, &cur.rx, args.size).and_then(Result::ok);
+        }
+        if let Some(ept) = cur.ept {
+            let size = args.size;
+            let (to_send, sent) = (&cur.to_send, &mut cur.sent);
+            node.with(|l| {
+                with_link!(l, l => {
+                    while *sent < *to_send {
+                        make(*sent, size, &mut msg);
+                        // NotBound until the peer's announcement arrives;
+                        // NoBuffer while the peer holds every buffer;
+                        // LinkDown until the peer restarts.
+                        if l.trysend(ept, &msg).is_err() {
+                            break;
+                        }
+                        *sent += 1;
+                    }
+                })
+            });
+        }
+        node.step(Duration::from_millis(5))?;
+    }
+}
+
+fn side_status(node: &Node, cur: &Session) -> Result<()> {
+    let rx = *cur
+        .rx
+        .lock()
+        .map_err(|_| anyhow!("receiver state poisoned"))?;
+    let bound = cur.ept.and_then(|e| {
+        node.with(|l| with_link!(l, l => l.endpoint(e).map(|i| i.dest != ADDR_ANY)))
+            .flatten()
+    }) == Some(true);
+    let link = node.with(|l| {
+        with_link!(l, l => {
+            let d = l.dump();
+            let s = l.stats();
+            (
+                d.tx_total,
+                d.tx_free,
+                d.rx_total,
+                d.rx_held,
+                d.tx_lent,
+                s.transport_errors,
+            )
+        })
+    });
+    let (tx_total, tx_free, rx_total, held, lent, terr) = link.unwrap_or((0, 0, 0, 0, 0, 0));
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "status gen={} session={} up={} bound={} state={} restarts={} to_send={} sent={} \
+         received={} out_of_order={} corrupt={} tx_total={tx_total} tx_free={tx_free} \
+         rx_total={rx_total} held={held} lent={lent} transport_errors={terr}",
+        cur.id.0,
+        cur.id.1.map_or(0, u64::from),
+        u8::from(cur.id.1.is_some()),
+        u8::from(bound),
+        node.inst.state(),
+        node.restarts,
+        cur.to_send,
+        cur.sent,
+        rx.received,
+        rx.out_of_order,
+        rx.corrupt,
+    )?;
+    o.flush()?;
     Ok(())
 }
 
