@@ -184,6 +184,7 @@ type Drv = RpmsgVirtioDriver<VdevDriver<SimBell>, 8>;
 type Dev = RpmsgVirtioDevice<VdevDevice<SimBell>, 8>;
 
 /// This side's rpmsg link, in whichever role the vdev gives it.
+#[allow(clippy::large_enum_variant)] // one per process, behind a lock
 enum AnyLink {
     Driver(Link<Drv>),
     Device(Link<Dev>),

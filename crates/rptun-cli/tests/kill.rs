@@ -229,7 +229,10 @@ fn kill_9_either_side_at_random_points_of_traffic_and_recover() {
         }
         wait_both(&mut sides, "every buffer back", quiet);
     }
-    eprintln!("kill test: killed the server {} and the proxy {} times", kills[0], kills[1]);
+    eprintln!(
+        "kill test: killed the server {} and the proxy {} times",
+        kills[0], kills[1]
+    );
     assert!(iters < 4 || (kills[0] > 0 && kills[1] > 0), "{kills:?}");
     for s in sides.iter_mut() {
         s.cmd("quit");

@@ -255,6 +255,7 @@ type Drv = RpmsgVirtioDriver<VdevDriver<FlakyBell>, 8>;
 type Dev = RpmsgVirtioDevice<VdevDevice<FlakyBell>, 8>;
 
 /// Our side's link, whichever role the vdev gives it.
+#[allow(clippy::large_enum_variant)] // one per process, behind a lock
 enum AnyLink {
     Driver(Link<Drv>),
     Device(Link<Dev>),

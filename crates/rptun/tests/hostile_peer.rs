@@ -148,7 +148,7 @@ fn an_empty_name_never_binds_or_unbinds_unnamed_endpoints() {
     // Regression: an unnamed endpoint (no name service) was bound by a
     // CREATE with an empty name and unbound by a DESTROY with one.
     let mut s = DriverSide::new();
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got = Got::default();
     let plain = s
         .link
         .create_endpoint(rptun::rpmsg::EndpointConfig::unnamed(), sink(&got))
@@ -210,9 +210,9 @@ fn message_garbage_at_random_never_stops_the_link() {
         for burst in 0..50 {
             for _ in 0..6 {
                 let mut m = vec![0u8; rng.below(BUF + 1)];
-                m.iter_mut().for_each(|b| *b = rng.next() as u8);
+                m.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
                 if m.len() >= 16 {
-                    let dst = [our, NS, 0x9999, rng.next() as u32][rng.below(4)];
+                    let dst = [our, NS, 0x9999, rng.next_u64() as u32][rng.below(4)];
                     m[4..8].copy_from_slice(&dst.to_le_bytes());
                 }
                 let len = match rng.below(3) {
@@ -250,14 +250,14 @@ fn message_garbage_at_random_never_stops_the_link() {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 

@@ -691,12 +691,10 @@ pub struct DriverSide {
     pub info: VdevInfo,
     pub bell: Bell,
     pub svc: EndpointId,
-    pub got: Arc<Mutex<Vec<(u32, Vec<u8>)>>>,
+    pub got: Got,
 }
 
-pub fn sink<T: RpmsgTransport + 'static>(
-    got: &Arc<Mutex<Vec<(u32, Vec<u8>)>>>,
-) -> impl rptun::rpmsg::EndpointHandler<T> {
+pub fn sink<T: RpmsgTransport + 'static>(got: &Got) -> impl rptun::rpmsg::EndpointHandler<T> {
     let got = got.clone();
     on_message(move |_ctx, msg| got.lock().unwrap().push((msg.src(), msg.to_vec())))
 }
@@ -852,7 +850,7 @@ pub struct DeviceSide {
     pub info: VdevInfo,
     pub bell: Bell,
     pub svc: EndpointId,
-    pub got: Arc<Mutex<Vec<(u32, Vec<u8>)>>>,
+    pub got: Got,
 }
 
 impl DeviceSide {
@@ -869,7 +867,7 @@ impl DeviceSide {
         let peer = FakeDriver::boot(&r, pool, gfeatures, buf_len);
         let t = VdevDevice::new(VdevLink::new(r.clone(), map(), info, bell.clone())).unwrap();
         let mut link = Link::new(RDev::new(t, device_opts()));
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got = Got::default();
         let _ = link.poll();
         let svc = link
             .create_endpoint(EndpointConfig::new("svc"), sink(&got))
