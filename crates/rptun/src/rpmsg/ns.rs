@@ -57,8 +57,8 @@ impl<T: RpmsgTransport + 'static> Link<T> {
 
     pub(crate) fn handle_ns(&mut self, m: NsMessage) {
         if m.name.is_empty() {
-            // Unnamed endpoints do not take part in the name service: an
-            // empty name must not bind or unbind them.
+            // Would match (and bind or unbind) our unnamed endpoints, which
+            // are never announced.
             self.stats.dropped_bad_ns += 1;
             log::warn!("rpmsg: name-service message with an empty name (dropped)");
             return;
