@@ -1013,3 +1013,90 @@ fn run_time_fields_of_the_table_are_not_changes() {
     let mut g = us.drv.lock().unwrap();
     driver_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, b"still");
 }
+
+// ============================================================= status games
+
+#[test]
+fn driver_goes_down_when_the_device_clears_its_status() {
+    let mut s = DriverSide::new();
+    let st = s.peer.map.status();
+    s.r.write_u8(st, 0).unwrap();
+    let guard = s.untouched();
+    s.link.poll().unwrap();
+    guard.check("status cleared");
+    assert!(!s.link.is_up());
+    assert_eq!(s.link.transport().down_reason(), Some(DownReason::Reset));
+    restart_driver(&mut s);
+}
+
+#[test]
+fn device_follows_a_driver_that_flips_its_status() {
+    let mut s = DeviceSide::new();
+    s.bind();
+    let st = s.peer.map.status();
+    let sessions = s.link.transport().stats().sessions;
+    for (status, reason) in [
+        (S_ACK | S_DRIVER, DownReason::Reset),
+        (
+            S_ACK | S_DRIVER | S_DRIVER_OK | S_FAILED,
+            DownReason::Failed,
+        ),
+    ] {
+        s.r.write_u8(st, status).unwrap();
+        let guard = s.untouched();
+        s.link.poll().unwrap();
+        guard.check("status flips");
+        assert!(!s.link.is_up());
+        assert_eq!(s.link.transport().down_reason(), Some(reason));
+        assert_eq!(s.link.trysend(s.svc, b"x"), Err(RpmsgError::LinkDown));
+        // DRIVER_OK again on the same rings: a new session on them.
+        s.r.write_u8(st, S_ACK | S_DRIVER | S_DRIVER_OK).unwrap();
+        s.link.poll().unwrap();
+        assert!(s.link.is_up(), "{}", s.link.dump());
+        s.peer.recv(); // our re-announcement
+        s.peer.ns(&name_field("svc"), PEER_ADDR, NS_CREATE);
+        s.link.poll().unwrap();
+        s.peer.recv();
+        s.still_serves(b"after a status flip");
+    }
+    assert_eq!(s.link.transport().stats().sessions, sessions + 2);
+}
+
+#[test]
+fn device_survives_rx_buffers_that_overlap_its_own_used_ring() {
+    // The driver posts vring0 buffers whose address is vring0's used ring:
+    // the device's message lands on its own ring. Whatever follows, it is
+    // bounded, stays inside the region and out of the guard and the table,
+    // and ends up serving or down with a reason.
+    let mut s = DeviceSide::new();
+    s.bind();
+    for _ in 0..8 {
+        s.link.trysend(s.svc, b"fill").unwrap();
+    }
+    s.peer.recv();
+    let used = s.peer.v0.used;
+    for i in 0..8 {
+        s.peer.v0.set_desc(i, pa(used), BUF as u32, DESC_F_WRITE, 0);
+    }
+    let m = s.peer.map;
+    let guard = Untouched::new(
+        &s.r,
+        vec![
+            (GUARD, GUARD_LEN),
+            (RSC, m.status() - RSC),
+            (m.status() + 1, m.end() - m.status() - 1),
+        ],
+    );
+    for i in 0..20 {
+        let _ = s
+            .link
+            .trysend(s.svc, format!("onto the ring {i}").as_bytes());
+        let _ = s.link.poll();
+    }
+    guard.check("buffers over the used ring");
+    let up = s.link.is_up();
+    let reason = s.link.transport().down_reason();
+    assert!(up || reason.is_some(), "{}", s.link.dump());
+    // A driver reset always brings it back.
+    reboot_driver(&mut s);
+}

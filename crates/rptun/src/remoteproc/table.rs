@@ -319,17 +319,24 @@ impl LinkTable {
     }
 }
 
-/// FNV-1a over `len` bytes of `region` at `offset`.
+/// FNV-1a style hash over `len` bytes of `region` at `offset`, eight
+/// bytes at a time (a change detector, not a cryptographic check: the peer
+/// could only aim a collision at itself).
 fn hash_span(h: &mut u64, region: &Region, offset: usize, len: usize) -> Result<(), ShmError> {
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 128];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len());
         let chunk = &mut buf[..n];
         region.read_bytes(offset + done, chunk)?;
-        for &b in chunk.iter() {
-            *h ^= u64::from(b);
-            *h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut words = chunk.chunks_exact(8);
+        for w in &mut words {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(w);
+            *h = (*h ^ u64::from_le_bytes(x)).wrapping_mul(0x0100_0000_01b3);
+        }
+        for &b in words.remainder() {
+            *h = (*h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         done += n;
     }
