@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod openamp;
+mod port;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 mod soak;
@@ -43,6 +44,9 @@ enum Cmd {
         /// Baseline parameters.
         rest: Vec<String>,
     },
+    /// One rpmsg-port link over a byte stream (Unix/TCP socket, pty, serial
+    /// device), answering pings; `--ping N LEN` pings the other end.
+    Port(port::PortArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,5 +58,6 @@ fn main() -> Result<()> {
         Cmd::SoakPeer(a) => soak::peer(&a),
         Cmd::SoakSide(a) => soak::side(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
+        Cmd::Port(a) => port::run(&a),
     }
 }
