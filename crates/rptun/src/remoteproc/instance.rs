@@ -34,9 +34,10 @@
 //! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify)): a
 //! peer that rewrote it takes the link down (every vdev
 //! [`Event::VdevFailed`] with `TableError::ChangedAfterBoot`, state
-//! [`State::Crashed`]) until a restart. Every doorbell also polls the command mailbox: a command from the
-//! peer (PANIC, RESET, STOP) is acknowledged and handed to the application as
-//! an [`Event::Command`]; the library never acts on it (it never aborts).
+//! [`State::Crashed`]) until a restart. Every doorbell also polls the
+//! command mailbox: a command from the peer (PANIC, RESET, STOP) is
+//! acknowledged and handed to the application as an [`Event::Command`]; the
+//! library never acts on it (it never aborts).
 #![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
