@@ -11,6 +11,7 @@ mod proxy;
 mod shell;
 mod signals;
 mod sim;
+mod soak;
 
 /// rptun: inter-processor communication for asymmetric multi-core systems.
 #[derive(Parser)]
@@ -32,6 +33,16 @@ enum Cmd {
     /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
     /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
     Openamp(openamp::OpenampArgs),
+    /// Soak test: millions of checked messages each way between two
+    /// processes over the simulator's shared memory.
+    Soak(soak::SoakArgs),
+    /// (internal) the proxy process of `rptun soak`.
+    #[command(hide = true)]
+    SoakPeer(soak::SoakPeerArgs),
+    /// (internal) one side of the soak link driven from stdin (fault
+    /// injection tests).
+    #[command(hide = true)]
+    SoakSide(soak::SoakSideArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -69,5 +80,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             bench::peer(&kind, &shm, &rest).map(|()| std::process::ExitCode::SUCCESS)
         }
         Cmd::Port(a) => port::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::Soak(a) => soak::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::SoakPeer(a) => soak::peer(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::SoakSide(a) => soak::side(&a).map(|()| std::process::ExitCode::SUCCESS),
     }
 }
