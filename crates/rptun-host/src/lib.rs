@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod benchlink;
 pub mod doorbell;
 pub mod entropy;
 pub mod openamp;
