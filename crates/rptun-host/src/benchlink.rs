@@ -317,24 +317,34 @@ fn wait_bell(bell: &Bell, poll: bool, seen: u32, timeout: Duration) -> u32 {
 
 /// A [`Wait`] on the peer's doorbell counter that also lets the instance
 /// handle each doorbell (mailbox, vdev life cycle), as a runtime does.
-struct BellWait<'a> {
+struct BellWait<'a, 'p> {
     bell: &'a Bell,
     poll: bool,
+    pump: Option<&'a mut (dyn FnMut() + 'p)>,
     seen: &'a mut u32,
     instance: &'a mut Instance<SimPlatform>,
     origin: Instant,
 }
 
-impl Clock for BellWait<'_> {
+impl Clock for BellWait<'_, '_> {
     fn now_ns(&mut self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
 }
 
-impl Wait for BellWait<'_> {
+impl Wait for BellWait<'_, '_> {
     fn wait_until(&mut self, deadline_ns: u64) {
-        let left = deadline_ns.saturating_sub(self.now_ns());
-        let now = wait_bell(self.bell, self.poll, *self.seen, Duration::from_nanos(left));
+        let now = match self.pump.as_mut() {
+            // Both sides in one thread: let the peer run, then look.
+            Some(pump) => {
+                pump();
+                self.bell.peer_seq()
+            }
+            None => {
+                let left = deadline_ns.saturating_sub(self.now_ns());
+                wait_bell(self.bell, self.poll, *self.seen, Duration::from_nanos(left))
+            }
+        };
         if now != *self.seen {
             *self.seen = now;
             self.instance.handle_doorbell(Doorbell::All);
@@ -449,11 +459,23 @@ impl Node<ServerTransport> {
     /// One rpmsg-ping round trip of `len` bytes (ping header included);
     /// returns nanoseconds.
     pub fn ping_once(&mut self, len: usize, timeout: Duration) -> Result<u64, BenchLinkError> {
+        self.ping_once_with(len, timeout, None)
+    }
+
+    /// [`ping_once`](Self::ping_once), calling `pump` instead of waiting
+    /// for the doorbell (both sides in one thread: `pump` services the
+    /// proxy; see [`Node::service`]).
+    pub fn ping_once_with(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+        pump: Option<&mut dyn FnMut()>,
+    ) -> Result<u64, BenchLinkError> {
         let ept = self
             .ping_ept
             .ok_or(BenchLinkError::Timeout("no ping endpoint"))?;
         let params = PingParams::new(1, len).ack(true).timeout(timeout);
-        let (link, mut wait) = self.parts()?;
+        let (link, mut wait) = self.parts(pump)?;
         let report = ping::ping(link, ept, &params, &mut wait)?;
         Ok(report.min_ns)
     }
@@ -468,12 +490,24 @@ impl Node<ServerTransport> {
         msgs: u32,
         timeout: Duration,
     ) -> Result<Timed, BenchLinkError> {
+        self.stream_with(len, msgs, timeout, None)
+    }
+
+    /// [`stream`](Self::stream), calling `pump` instead of waiting for the
+    /// doorbell (both sides in one thread).
+    pub fn stream_with(
+        &mut self,
+        len: usize,
+        msgs: u32,
+        timeout: Duration,
+        pump: Option<&mut dyn FnMut()>,
+    ) -> Result<Timed, BenchLinkError> {
         let ept = self
             .bench_ept
             .ok_or(BenchLinkError::Timeout("no bench endpoint"))?;
         let mut data = vec![0x5au8; len.max(8)];
         data[4..8].copy_from_slice(&msgs.to_le_bytes());
-        let (link, mut wait) = self.parts()?;
+        let (link, mut wait) = self.parts(pump)?;
         if let Some(h) = link.handler_mut::<BenchSink>(ept) {
             h.done = None;
         }
@@ -571,8 +605,11 @@ impl<T: RpmsgTransport + Send + 'static> Node<T> {
     /// the instance removed), and creates this side's endpoints on a new one.
     fn take_link(&mut self) -> bool {
         let taken = match self.slot.lock() {
+            // Moving the (large) transport out only when there is one: this
+            // runs on every doorbell.
+            Ok(s) if matches!(*s, Handoff::Empty) => return false,
             Ok(mut s) => std::mem::replace(&mut *s, Handoff::Empty),
-            Err(_) => Handoff::Empty,
+            Err(_) => return false,
         };
         match taken {
             Handoff::Up(t) => {
@@ -660,7 +697,10 @@ impl<T: RpmsgTransport + Send + 'static> Node<T> {
         }
     }
 
-    fn parts(&mut self) -> Result<(&mut Link<T>, BellWait<'_>), BenchLinkError> {
+    fn parts<'a, 'p>(
+        &'a mut self,
+        pump: Option<&'a mut (dyn FnMut() + 'p)>,
+    ) -> Result<(&'a mut Link<T>, BellWait<'a, 'p>), BenchLinkError> {
         let link = self
             .link
             .as_mut()
@@ -670,6 +710,7 @@ impl<T: RpmsgTransport + Send + 'static> Node<T> {
             BellWait {
                 bell: &self.bell,
                 poll: self.poll,
+                pump,
                 seen: &mut self.seen,
                 instance: &mut self.instance,
                 origin: self.origin,
