@@ -10,10 +10,13 @@
 use anyhow::{bail, Context, Result};
 use rptun_host::baseline::{self, Side};
 use rptun_host::benchlink::{Mode, Node};
+use rptun_host::benchport::{self, PortNode};
 use rptun_host::shm::ShmObject;
 use rptun_host::sim::layout;
+use rptun_host::stream::StreamAddr;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -205,6 +208,14 @@ pub struct Results {
     pub rtt: [Vec<Latency>; 2],
     /// rptun one-way throughput, per mode and size.
     pub thr: [Vec<Rate>; 2],
+    /// Raw Unix-socket ping-pong, per size.
+    pub sock_rtt: Vec<Latency>,
+    /// Raw Unix-socket one-way stream, per size.
+    pub sock_thr: Vec<Rate>,
+    /// rpmsg-port over a Unix socket: round trip, per size.
+    pub port_rtt: Vec<Latency>,
+    /// rpmsg-port over a Unix socket: one-way throughput, per size.
+    pub port_thr: Vec<Rate>,
     /// Idle CPU (% of one core) of (server, proxy), per mode.
     pub idle: [Option<(f64, f64)>; 2],
     /// Lines for figures that could not be measured here.
@@ -269,6 +280,13 @@ impl Drop for Peer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+struct RemoveFile(PathBuf);
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -419,6 +437,93 @@ fn round_rptun(
     peer.finish()
 }
 
+/// Connects to a Unix socket, retrying while the listener is not there yet.
+fn connect_retry(path: &Path) -> Result<UnixStream> {
+    let end = Instant::now() + PEER_TIMEOUT;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > end => {
+                return Err(e).with_context(|| format!("cannot connect to {}", path.display()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// One round of the raw Unix-socket baselines (blocking: placed by the
+/// scheduler unless `--pin always`).
+fn round_socket(
+    args: &BenchArgs,
+    path: &Path,
+    place: &Placement,
+    res: &mut Results,
+    p: &mut Progress,
+) -> Result<()> {
+    let iters = (args.iters / args.rounds).max(1);
+    let msgs = (args.msgs / args.rounds).max(SLOTS);
+    p.step("raw unix socket");
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let cpu = place.place(false)?;
+    let peer = Peer::spawn(
+        "sock",
+        &path.to_string_lossy(),
+        &[iters.to_string(), msgs.to_string()],
+        cpu,
+    )?;
+    let (mut s, _) = listener
+        .accept()
+        .context("the socket peer did not connect")?;
+    for (i, &size) in SIZES.iter().enumerate() {
+        let rtts = benchport::socket_pingpong(&mut s, Side::Measure, iters, size)
+            .map_err(anyhow::Error::msg)?;
+        res.sock_rtt[i].add_round(rtts);
+    }
+    for (i, &size) in SIZES.iter().enumerate() {
+        let t = benchport::socket_oneway(&mut s, Side::Measure, size, msgs)
+            .map_err(anyhow::Error::msg)?;
+        res.sock_thr[i].add_round(&t);
+    }
+    peer.finish()
+}
+
+/// One round of rpmsg-port over a Unix socket.
+fn round_port(
+    args: &BenchArgs,
+    path: &Path,
+    place: &Placement,
+    res: &mut Results,
+    p: &mut Progress,
+) -> Result<()> {
+    let iters = (args.iters / args.rounds).max(1);
+    let msgs = (args.msgs / args.rounds).max(SLOTS);
+    p.step("rptun rpmsg-port over a unix socket");
+    let _ = std::fs::remove_file(path);
+    let addr = StreamAddr::Unix(path.to_path_buf());
+    let cpu = place.place(false)?;
+    let peer = Peer::spawn("port-proxy", &path.to_string_lossy(), &[], cpu)?;
+    let mut node = PortNode::server(&addr, PEER_TIMEOUT)?;
+    for (i, &size) in SIZES.iter().enumerate() {
+        for _ in 0..WARMUP {
+            node.ping_once(size, PEER_TIMEOUT)?;
+        }
+        let mut s = Vec::with_capacity(iters as usize);
+        for _ in 0..iters {
+            s.push(node.ping_once(size, PEER_TIMEOUT)?);
+        }
+        res.port_rtt[i].add_round(s);
+    }
+    for (i, &size) in SIZES.iter().enumerate() {
+        node.stream(size, msgs.min(1000), PEER_TIMEOUT)?; // warm-up
+        let t = node.stream(size, msgs, PEER_TIMEOUT)?;
+        res.port_thr[i].add_round(&t);
+    }
+    drop(node); // closes the socket: the proxy ends
+    peer.finish()
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -562,12 +667,29 @@ struct Row {
     ratios: Vec<(&'static str, f64)>,
 }
 
+impl Row {
+    fn ratio(&self, baseline: &str) -> String {
+        self.ratios
+            .iter()
+            .find(|(k, _)| *k == baseline)
+            .map_or(String::new(), |(_, v)| format!("{v:.2}"))
+    }
+}
+
 fn rows(res: &Results) -> Vec<Row> {
     let mut v = Vec::new();
     for (i, size) in SIZES.iter().enumerate() {
         let spin_r = as_f(&res.spin[i].round_medians);
         let futex_r = as_f(&res.futex[i].round_medians);
-        for (name, l) in [("spin", &res.spin[i]), ("futex", &res.futex[i])] {
+        let sock_r = as_f(&res.sock_rtt[i].round_medians);
+        for (name, l) in [
+            ("spin", &res.spin[i]),
+            ("futex", &res.futex[i]),
+            ("socket", &res.sock_rtt[i]),
+        ] {
+            if l.samples.is_empty() {
+                continue;
+            }
             v.push(Row {
                 name: format!("raw {name} ping-pong {size} B"),
                 kind: "rtt",
@@ -590,6 +712,21 @@ fn rows(res: &Results) -> Vec<Row> {
                 ratios: vec![
                     ("futex", ratio(&mine, &futex_r)),
                     ("spin", ratio(&mine, &spin_r)),
+                ],
+            });
+        }
+        let l = &res.port_rtt[i];
+        if !l.samples.is_empty() {
+            let mine = as_f(&l.round_medians);
+            v.push(Row {
+                name: format!("rptun port/unix {size} B"),
+                kind: "rtt",
+                lat: Some(l.stats()),
+                rate: None,
+                ratios: vec![
+                    ("futex", ratio(&mine, &futex_r)),
+                    ("spin", ratio(&mine, &spin_r)),
+                    ("socket", ratio(&mine, &sock_r)),
                 ],
             });
         }
@@ -616,6 +753,31 @@ fn rows(res: &Results) -> Vec<Row> {
                 lat: None,
                 rate: Some((mps, mps * *size as f64 / 1e6, t.overall_msgs_per_s())),
                 ratios: vec![("ring", ratio(&t.rounds, &ring.rounds))],
+            });
+        }
+        let sock = &res.sock_thr[i];
+        if !sock.rounds.is_empty() {
+            let mps = sock.msgs_per_s();
+            v.push(Row {
+                name: format!("raw socket {size} B"),
+                kind: "throughput",
+                lat: None,
+                rate: Some((mps, mps * *size as f64 / 1e6, sock.overall_msgs_per_s())),
+                ratios: vec![],
+            });
+        }
+        let t = &res.port_thr[i];
+        if !t.rounds.is_empty() {
+            let mps = t.msgs_per_s();
+            v.push(Row {
+                name: format!("rptun port/unix {size} B"),
+                kind: "throughput",
+                lat: None,
+                rate: Some((mps, mps * *size as f64 / 1e6, t.overall_msgs_per_s())),
+                ratios: vec![
+                    ("ring", ratio(&t.rounds, &ring.rounds)),
+                    ("socket", ratio(&t.rounds, &sock.rounds)),
+                ],
             });
         }
     }
@@ -695,44 +857,40 @@ pub fn print_table(res: &Results, args: &BenchArgs, out: &mut dyn Write) -> std:
     writeln!(out)?;
     writeln!(
         out,
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "round trip", "median us", "p99 us", "min us", "x futex", "x spin"
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "round trip", "median us", "p99 us", "min us", "x futex", "x spin", "x socket"
     )?;
     for r in rows.iter().filter(|r| r.kind == "rtt") {
         let (m, p, mi) = r.lat.unwrap_or_default();
-        let f = |n: &str| {
-            r.ratios
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map_or(String::new(), |(_, v)| format!("{v:.2}"))
-        };
         writeln!(
             out,
-            "{:<28} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>9}",
+            "{:<28} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>9} {:>9}",
             r.name,
             us(m),
             us(p),
             us(mi),
-            f("futex"),
-            f("spin")
+            r.ratio("futex"),
+            r.ratio("spin"),
+            r.ratio("socket")
         )?;
     }
     writeln!(out)?;
     writeln!(
         out,
-        "{:<28} {:>11} {:>9} {:>9} {:>13}",
-        "one-way throughput", "msgs/s", "MB/s", "x ring", "whole-run m/s"
+        "{:<28} {:>11} {:>9} {:>9} {:>9} {:>13}",
+        "one-way throughput", "msgs/s", "MB/s", "x ring", "x socket", "whole-run m/s"
     )?;
     for r in rows.iter().filter(|r| r.kind == "throughput") {
         let (mps, mbs, overall) = r.rate.unwrap_or_default();
-        let x = r
-            .ratios
-            .first()
-            .map_or(String::new(), |(_, v)| format!("{v:.2}"));
         writeln!(
             out,
-            "{:<28} {:>11.0} {:>9.1} {:>9} {:>13.0}",
-            r.name, mps, mbs, x, overall
+            "{:<28} {:>11.0} {:>9.1} {:>9} {:>9} {:>13.0}",
+            r.name,
+            mps,
+            mbs,
+            r.ratio("ring"),
+            r.ratio("socket"),
+            overall
         )?;
     }
     if res.idle.iter().any(|i| i.is_some()) {
@@ -876,6 +1034,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         spin: vec![Latency::default(); SIZES.len()],
         futex: vec![Latency::default(); SIZES.len()],
         ring: vec![Rate::default(); SIZES.len()],
+        sock_rtt: vec![Latency::default(); SIZES.len()],
+        sock_thr: vec![Rate::default(); SIZES.len()],
+        port_rtt: vec![Latency::default(); SIZES.len()],
+        port_thr: vec![Rate::default(); SIZES.len()],
         rtt: [
             vec![Latency::default(); SIZES.len()],
             vec![Latency::default(); SIZES.len()],
@@ -887,7 +1049,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         load: (loadavg(), String::new()),
         ..Results::default()
     };
-    let per_round = 3 * SIZES.len() + MODES.len();
+    let per_round = 3 * SIZES.len() + MODES.len() + 2;
     let idle_steps = if args.no_idle { 0 } else { MODES.len() };
     let mut p = Progress {
         total: per_round * args.rounds as usize + idle_steps,
@@ -906,6 +1068,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let sim_name = format!("rptun-bench-sim-{pid}");
     let sim = ShmObject::open_or_create(&sim_name, layout::SHM_SIZE)?;
     let _u2 = Unlink(sim_name);
+    let sock_path = std::env::temp_dir().join(format!("rptun-bench-{pid}.sock"));
+    let port_path = std::env::temp_dir().join(format!("rptun-bench-port-{pid}.sock"));
+    let _u3 = RemoveFile(sock_path.clone());
+    let _u4 = RemoveFile(port_path.clone());
 
     let r = (|| -> Result<()> {
         for _ in 0..args.rounds {
@@ -913,6 +1079,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             for m in MODES {
                 round_rptun(&args, &sim, &place, m, &mut res, &mut p)?;
             }
+            round_socket(&args, &sock_path, &place, &mut res, &mut p)?;
+            round_port(&args, &port_path, &place, &mut res, &mut p)?;
         }
         if !args.no_idle {
             for m in MODES {
@@ -923,10 +1091,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     })();
     p.clear();
     r?;
-    res.skipped.push(
-        "skipped: rpmsg-port over a Unix socket (the byte-stream link is not in this build yet)"
-            .into(),
-    );
     code_size(&mut res);
     res.elapsed = start.elapsed();
     res.load.1 = loadavg();
@@ -950,21 +1114,32 @@ pub fn peer(kind: &str, shm: &str, rest: &[String]) -> Result<()> {
             .parse()
             .context("bench-peer: bad number")
     };
-    // The measuring process created the object; take it at its size.
-    let len = std::fs::metadata(format!("/dev/shm/{shm}"))
-        .with_context(|| format!("bench-peer: /dev/shm/{shm} does not exist"))?
-        .len() as usize;
-    let obj = ShmObject::open_existing(shm, len)?;
-    let r = obj.region();
+    let obj;
+    let r = if matches!(kind, "sock" | "port-proxy") {
+        // A socket path, not a shm object.
+        None
+    } else {
+        // The measuring process created the object; take it at its size.
+        let len = std::fs::metadata(format!("/dev/shm/{shm}"))
+            .with_context(|| format!("bench-peer: /dev/shm/{shm} does not exist"))?
+            .len() as usize;
+        obj = ShmObject::open_existing(shm, len)?;
+        Some(obj.region())
+    };
+    let region = || r.context("bench-peer: no shm object");
     match kind {
-        "spin" => baseline::spin_pingpong(r, Side::Answer, num(0)? as u32, num(1)? as usize)
-            .map(|_| ())
-            .map_err(anyhow::Error::msg),
-        "futex" => baseline::futex_pingpong(r, Side::Answer, num(0)? as u32, num(1)? as usize)
-            .map(|_| ())
-            .map_err(anyhow::Error::msg),
+        "spin" => {
+            baseline::spin_pingpong(region()?, Side::Answer, num(0)? as u32, num(1)? as usize)
+                .map(|_| ())
+                .map_err(anyhow::Error::msg)
+        }
+        "futex" => {
+            baseline::futex_pingpong(region()?, Side::Answer, num(0)? as u32, num(1)? as usize)
+                .map(|_| ())
+                .map_err(anyhow::Error::msg)
+        }
         "ring" => baseline::raw_ring(
-            r,
+            region()?,
             Side::Answer,
             num(0)? as usize,
             num(1)? as u32,
@@ -973,12 +1148,32 @@ pub fn peer(kind: &str, shm: &str, rest: &[String]) -> Result<()> {
         )
         .map(|_| ())
         .map_err(anyhow::Error::msg),
+        "sock" => {
+            let iters = num(0)? as u32;
+            let msgs = num(1)? as u32;
+            let mut s = connect_retry(Path::new(shm))?;
+            for &size in &SIZES {
+                benchport::socket_pingpong(&mut s, Side::Answer, iters, size)
+                    .map_err(anyhow::Error::msg)?;
+            }
+            for &size in &SIZES {
+                benchport::socket_oneway(&mut s, Side::Answer, size, msgs)
+                    .map_err(anyhow::Error::msg)?;
+            }
+            Ok(())
+        }
+        "port-proxy" => {
+            let addr = StreamAddr::Unix(PathBuf::from(shm));
+            let mut node = PortNode::proxy(&addr)?;
+            node.serve(PEER_TIMEOUT)?;
+            Ok(())
+        }
         "sim-proxy" => {
             let mode = rest
                 .first()
                 .and_then(|m| Mode::parse(m))
                 .context("bench-peer sim-proxy: mode must be `block` or `poll`")?;
-            serve_proxy(r, mode)
+            serve_proxy(region()?, mode)
         }
         _ => bail!("bench-peer: unknown kind `{kind}`"),
     }

@@ -252,7 +252,9 @@ pub struct BenchSink {
 }
 
 impl BenchSink {
-    fn new(serve: bool) -> BenchSink {
+    /// A sink: `serve` on the receiving side (checks and answers), not on
+    /// the sending side (records the answer).
+    pub fn new(serve: bool) -> BenchSink {
         BenchSink {
             buf: vec![0; 2048],
             serve,

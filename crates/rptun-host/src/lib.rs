@@ -14,6 +14,7 @@
 
 pub mod baseline;
 pub mod benchlink;
+pub mod benchport;
 pub mod doorbell;
 pub mod entropy;
 pub mod openamp;
