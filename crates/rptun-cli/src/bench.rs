@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Skip the idle-CPU figures.
     #[arg(long)]
     pub no_idle: bool,
+    /// Also measure the experimental adaptive doorbell (spin briefly, then
+    /// sleep; wake only a sleeping peer); see docs/PERFORMANCE.md.
+    #[arg(long)]
+    pub adaptive: bool,
     /// Where the two processes run: `auto` pins spinning figures (spin
     /// baselines, raw ring, poll mode) to two different cpus and lets the
     /// scheduler place blocking ones; `always` pins everything (the two
@@ -204,10 +208,10 @@ pub struct Results {
     pub futex: Vec<Latency>,
     /// Raw ring, per size.
     pub ring: Vec<Rate>,
-    /// rptun round trip, per mode (block, poll) and size.
-    pub rtt: [Vec<Latency>; 2],
+    /// rptun round trip, per mode (block, poll, adaptive) and size.
+    pub rtt: [Vec<Latency>; 3],
     /// rptun one-way throughput, per mode and size.
-    pub thr: [Vec<Rate>; 2],
+    pub thr: [Vec<Rate>; 3],
     /// Raw Unix-socket ping-pong, per size.
     pub sock_rtt: Vec<Latency>,
     /// Raw Unix-socket one-way stream, per size.
@@ -217,7 +221,7 @@ pub struct Results {
     /// rpmsg-port over a Unix socket: one-way throughput, per size.
     pub port_thr: Vec<Rate>,
     /// Idle CPU (% of one core) of (server, proxy), per mode.
-    pub idle: [Option<(f64, f64)>; 2],
+    pub idle: [Option<(f64, f64)>; 3],
     /// Lines for figures that could not be measured here.
     pub skipped: Vec<String>,
     /// Code-size rows: (example, text, rodata, data, bss).
@@ -232,7 +236,16 @@ pub struct Results {
     pub machine: (String, usize, String),
 }
 
-const MODES: [Mode; 2] = [Mode::Blocking, Mode::Poll];
+const MODES: [Mode; 3] = [Mode::Blocking, Mode::Poll, Mode::Adaptive];
+
+/// The modes this run measures.
+fn modes(args: &BenchArgs) -> Vec<Mode> {
+    let mut m = vec![Mode::Blocking, Mode::Poll];
+    if args.adaptive {
+        m.push(Mode::Adaptive);
+    }
+    m
+}
 
 // ------------------------------------------------------------------ children
 
@@ -398,7 +411,7 @@ fn sim_pair(
 ) -> Result<(Node<rptun_host::benchlink::ServerTransport>, Peer)> {
     let r = shm.region();
     r.fill(0, r.len(), 0)?;
-    let cpu = place.place(mode == Mode::Poll)?;
+    let cpu = place.place(mode != Mode::Blocking)?;
     let peer = Peer::spawn("sim-proxy", shm.name(), &[mode.as_str().to_string()], cpu)?;
     let node = Node::server(r, mode, PEER_TIMEOUT)?;
     Ok((node, peer))
@@ -1038,19 +1051,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         sock_thr: vec![Rate::default(); SIZES.len()],
         port_rtt: vec![Latency::default(); SIZES.len()],
         port_thr: vec![Rate::default(); SIZES.len()],
-        rtt: [
-            vec![Latency::default(); SIZES.len()],
-            vec![Latency::default(); SIZES.len()],
-        ],
-        thr: [
-            vec![Rate::default(); SIZES.len()],
-            vec![Rate::default(); SIZES.len()],
-        ],
+        rtt: std::array::from_fn(|_| vec![Latency::default(); SIZES.len()]),
+        thr: std::array::from_fn(|_| vec![Rate::default(); SIZES.len()]),
         load: (loadavg(), String::new()),
         ..Results::default()
     };
-    let per_round = 3 * SIZES.len() + MODES.len() + 2;
-    let idle_steps = if args.no_idle { 0 } else { MODES.len() };
+    let modes = modes(&args);
+    let per_round = 3 * SIZES.len() + modes.len() + 2;
+    let idle_steps = if args.no_idle { 0 } else { modes.len() };
     let mut p = Progress {
         total: per_round * args.rounds as usize + idle_steps,
         done: 0,
@@ -1076,14 +1084,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let r = (|| -> Result<()> {
         for _ in 0..args.rounds {
             round_baselines(&args, &base, &place, &mut res, &mut p)?;
-            for m in MODES {
+            for &m in &modes {
                 round_rptun(&args, &sim, &place, m, &mut res, &mut p)?;
             }
             round_socket(&args, &sock_path, &place, &mut res, &mut p)?;
             round_port(&args, &port_path, &place, &mut res, &mut p)?;
         }
         if !args.no_idle {
-            for m in MODES {
+            for &m in &modes {
                 res.idle[m as usize] = Some(idle(&args, &sim, &place, m, &mut p)?);
             }
         }
@@ -1172,7 +1180,7 @@ pub fn peer(kind: &str, shm: &str, rest: &[String]) -> Result<()> {
             let mode = rest
                 .first()
                 .and_then(|m| Mode::parse(m))
-                .context("bench-peer sim-proxy: mode must be `block` or `poll`")?;
+                .context("bench-peer sim-proxy: mode must be `block`, `poll` or `adaptive`")?;
             serve_proxy(region()?, mode)
         }
         _ => bail!("bench-peer: unknown kind `{kind}`"),

@@ -10,10 +10,16 @@
 //! cargo bench -p rptun-host --bench stack --no-run   # prints the binary
 //! valgrind --tool=callgrind target/release/deps/stack-* --iters 2000
 //! ```
+//!
+//! The rpmsg-port figures (`--port`) run the two sides in two threads over
+//! a Unix socket: they include the socket's system calls and thread
+//! switches, so they are an upper bound of the stack's own cost.
 
 use rptun::shm::Region;
 use rptun_host::benchlink::{Mode, Node};
+use rptun_host::benchport::PortNode;
 use rptun_host::sim::layout;
+use rptun_host::stream::StreamAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +34,10 @@ fn main() {
         .and_then(|i| argv.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(50_000);
+    if argv.iter().any(|a| a == "--port") {
+        port(iters);
+        return;
+    }
 
     // Bring the link up with the proxy in a thread, then take it home.
     let region = Region::new_heap(layout::SHM_SIZE);
@@ -71,4 +81,32 @@ fn main() {
             len as f64 * 1e3 / one_way
         );
     }
+}
+
+/// rpmsg-port over a Unix socket, the proxy in a second thread.
+fn port(iters: u32) {
+    let path = std::env::temp_dir().join(format!("rptun-stack-{}.sock", std::process::id()));
+    let addr = StreamAddr::Unix(path.clone());
+    let a2 = addr.clone();
+    let proxy = std::thread::spawn(move || {
+        let mut p = PortNode::proxy(&a2).expect("proxy");
+        p.serve(TIMEOUT).expect("proxy serves");
+    });
+    let mut server = PortNode::server(&addr, TIMEOUT).expect("server up");
+    println!(
+        "rpmsg-port over a Unix socket, proxy in a second thread ({iters} messages per figure)"
+    );
+    for len in [17usize, 496, 1520] {
+        let t = Instant::now();
+        for _ in 0..iters {
+            server.ping_once(len, TIMEOUT).expect("ping");
+        }
+        let rtt = t.elapsed().as_nanos() as f64 / f64::from(iters);
+        let timed = server.stream(len, iters, TIMEOUT).expect("stream");
+        let one_way = timed.total.as_nanos() as f64 / f64::from(iters);
+        println!("{len:>5} B: round trip {rtt:>7.0} ns   one-way {one_way:>6.0} ns/msg");
+    }
+    drop(server);
+    proxy.join().expect("proxy thread");
+    let _ = std::fs::remove_file(path);
 }

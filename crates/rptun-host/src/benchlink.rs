@@ -24,7 +24,7 @@
 //!   read out and checked by the proxy, which answers once at the end.
 
 use crate::baseline::{Batcher, Timed};
-use crate::doorbell::Doorbell as Bell;
+use crate::doorbell::Doorbell as FutexBell;
 use crate::sim::{boot, layout, table};
 use rptun::remoteproc::addr::{AddrEnv, AddrEnvEntry, AddressMap, PhysMap};
 use rptun::remoteproc::instance::{Event, Instance};
@@ -44,6 +44,7 @@ use rptun::rpmsg::{
 };
 use rptun::shm::Region;
 use rptun::virtio::{id, VirtioError};
+use rustix::thread::futex;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,18 +79,26 @@ pub enum BenchLinkError {
 /// How a side waits for the peer's doorbell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Sleep in a futex until rung (idle costs nothing).
+    /// Sleep in a futex until rung (idle costs nothing); every ring wakes
+    /// (the simulator's [`Doorbell`](crate::doorbell::Doorbell)).
     Blocking,
     /// Spin on the peer's counter (lowest latency, one busy core).
     Poll,
+    /// Experiment (not what the simulator does): spin for
+    /// [`ADAPTIVE_SPIN`], then sleep after raising an "asleep" flag in the
+    /// object's 4 spare bytes; a ring wakes the peer only when its flag is
+    /// up. Interop-safe: a NuttX peer never raises the flag (it polls) and
+    /// never wakes us (we notice within the doorbell's 10 ms sleep).
+    Adaptive,
 }
 
 impl Mode {
-    /// "block" or "poll".
+    /// "block", "poll" or "adaptive".
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Blocking => "block",
             Mode::Poll => "poll",
+            Mode::Adaptive => "adaptive",
         }
     }
 
@@ -98,7 +107,147 @@ impl Mode {
         match s {
             "block" => Some(Mode::Blocking),
             "poll" => Some(Mode::Poll),
+            "adaptive" => Some(Mode::Adaptive),
             _ => None,
+        }
+    }
+}
+
+/// How long an [`Mode::Adaptive`] wait spins before it sleeps.
+pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(20);
+
+/// The "asleep" flags of [`Mode::Adaptive`]: the master's and the remote's
+/// `u16` in the simulator object's 4 bytes of struct padding after the
+/// rpmsg carveout.
+const FLAG_MASTER: usize = layout::SHM_SIZE - 4;
+const FLAG_REMOTE: usize = layout::SHM_SIZE - 2;
+
+/// The counters of [`FutexBell`] plus "asleep" flags ([`Mode::Adaptive`]).
+#[derive(Debug, Clone)]
+struct FlagBell {
+    region: Region,
+    mine: usize,
+    peer: usize,
+    my_flag: usize,
+    peer_flag: usize,
+}
+
+impl FlagBell {
+    fn ring(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (Ok(c), Ok(f)) = (
+            self.region.atomic_u32(self.mine),
+            self.region.atomic_u16(self.peer_flag),
+        ) else {
+            return;
+        };
+        c.fetch_add(1, SeqCst);
+        // Dekker with `wait`: counter then flag here, flag then counter there.
+        if f.load(SeqCst) != 0 {
+            let _ = futex::wake(c, futex::Flags::empty(), i32::MAX as u32);
+        }
+    }
+
+    fn peer_seq(&self) -> u32 {
+        self.region.load_u32(self.peer).unwrap_or(0)
+    }
+
+    fn wait(&self, seen: u32, timeout: Duration) -> u32 {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        let start = Instant::now();
+        let (Ok(c), Ok(f)) = (
+            self.region.atomic_u32(self.peer),
+            self.region.atomic_u16(self.my_flag),
+        ) else {
+            std::thread::sleep(timeout);
+            return seen;
+        };
+        loop {
+            let v = c.load(SeqCst);
+            if v != seen {
+                return v;
+            }
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                return v;
+            }
+            if elapsed < ADAPTIVE_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            f.store(1, SeqCst);
+            let v = c.load(SeqCst);
+            if v != seen {
+                f.store(0, Relaxed);
+                return v;
+            }
+            let nap = (timeout - elapsed).min(Duration::from_millis(10));
+            let ts = futex::Timespec {
+                tv_sec: nap.as_secs() as _,
+                tv_nsec: nap.subsec_nanos() as _,
+            };
+            let _ = futex::wait(c, futex::Flags::empty(), seen, Some(&ts));
+            f.store(0, Relaxed);
+        }
+    }
+}
+
+/// This side's doorbell pair.
+#[derive(Debug, Clone)]
+enum Bell {
+    Futex(FutexBell),
+    Flagged(FlagBell),
+}
+
+impl Bell {
+    fn new(region: &Region, master: bool, mode: Mode) -> Bell {
+        let (mine, peer) = if master {
+            (layout::SEQM, layout::SEQS)
+        } else {
+            (layout::SEQS, layout::SEQM)
+        };
+        match mode {
+            Mode::Adaptive => {
+                let (my_flag, peer_flag) = if master {
+                    (FLAG_MASTER, FLAG_REMOTE)
+                } else {
+                    (FLAG_REMOTE, FLAG_MASTER)
+                };
+                Bell::Flagged(FlagBell {
+                    region: region.clone(),
+                    mine,
+                    peer,
+                    my_flag,
+                    peer_flag,
+                })
+            }
+            _ => Bell::Futex(FutexBell::new(
+                region.clone(),
+                mine,
+                peer,
+                mode == Mode::Poll,
+            )),
+        }
+    }
+
+    fn ring(&self) {
+        match self {
+            Bell::Futex(b) => b.ring(),
+            Bell::Flagged(b) => b.ring(),
+        }
+    }
+
+    fn peer_seq(&self) -> u32 {
+        match self {
+            Bell::Futex(b) => b.peer_seq(),
+            Bell::Flagged(b) => b.peer_seq(),
+        }
+    }
+
+    fn wait(&self, seen: u32, timeout: Duration) -> u32 {
+        match self {
+            Bell::Futex(b) => b.wait(seen, timeout),
+            Bell::Flagged(b) => b.wait(seen, timeout),
         }
     }
 }
@@ -383,12 +532,7 @@ fn instance(
     registry: Registry<BellNotifier>,
     timeout: Duration,
 ) -> Result<(Instance<SimPlatform>, Bell, StopFlag), BenchLinkError> {
-    let (mine, peer) = if master {
-        (layout::SEQM, layout::SEQS)
-    } else {
-        (layout::SEQS, layout::SEQM)
-    };
-    let bell = Bell::new(region.clone(), mine, peer, mode == Mode::Poll);
+    let bell = Bell::new(region, master, mode);
     let table = if master {
         table::build(&table::SimTableConfig::default())
             .map_err(|e| BenchLinkError::Setup(e.to_string()))?
@@ -756,5 +900,10 @@ mod tests {
     #[test]
     fn ping_and_stream_over_the_simulator_layout_polling() {
         pair(Mode::Poll);
+    }
+
+    #[test]
+    fn ping_and_stream_over_the_simulator_layout_adaptive() {
+        pair(Mode::Adaptive);
     }
 }
