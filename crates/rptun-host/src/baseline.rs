@@ -408,31 +408,39 @@ mod tests {
 
     #[test]
     fn baselines_run_between_two_threads() {
-        let r = Region::new_heap(region_size(PAYLOAD_SLOT, 8));
-        let r2 = r.clone();
+        // Every baseline starts from zeroed words: one fresh region each.
+        let fresh = || Region::new_heap(region_size(PAYLOAD_SLOT, 8));
+        let regions: Vec<Region> = (0..5).map(|_| fresh()).collect();
+        let r2 = regions.clone();
         let t = std::thread::spawn(move || {
-            spin_pingpong(&r2, Side::Answer, 100, 0).unwrap();
-            futex_pingpong(&r2, Side::Answer, 50, 0).unwrap();
-            spin_pingpong(&r2, Side::Answer, 100, 1520).unwrap();
-            futex_pingpong(&r2, Side::Answer, 50, 1520).unwrap();
-            raw_ring(&r2, Side::Answer, 64, 8, 60, 1000).unwrap();
+            spin_pingpong(&r2[0], Side::Answer, 100, 0).unwrap();
+            futex_pingpong(&r2[1], Side::Answer, 50, 0).unwrap();
+            spin_pingpong(&r2[2], Side::Answer, 100, 1520).unwrap();
+            futex_pingpong(&r2[3], Side::Answer, 50, 1520).unwrap();
+            raw_ring(&r2[4], Side::Answer, 64, 8, 60, 1000).unwrap();
         });
-        assert_eq!(spin_pingpong(&r, Side::Measure, 100, 0).unwrap().len(), 100);
-        assert_eq!(futex_pingpong(&r, Side::Measure, 50, 0).unwrap().len(), 50);
+        let r = &regions;
         assert_eq!(
-            spin_pingpong(&r, Side::Measure, 100, 1520).unwrap().len(),
+            spin_pingpong(&r[0], Side::Measure, 100, 0).unwrap().len(),
             100
         );
         assert_eq!(
-            futex_pingpong(&r, Side::Measure, 50, 1520).unwrap().len(),
+            futex_pingpong(&r[1], Side::Measure, 50, 0).unwrap().len(),
             50
         );
-        raw_ring(&r, Side::Measure, 64, 8, 60, 1000).unwrap();
+        let spin = spin_pingpong(&r[2], Side::Measure, 100, 1520).unwrap();
+        assert_eq!(spin.len(), 100);
+        let futex = futex_pingpong(&r[3], Side::Measure, 50, 1520).unwrap();
+        assert_eq!(futex.len(), 50);
+        let ring = raw_ring(&r[4], Side::Measure, 64, 8, 60, 1000).unwrap();
+        assert_eq!(ring.msgs, 999);
         t.join().unwrap();
         // The answerer copied the ping's payload into the pong's.
-        let mut pong = [0u8; 1520];
-        r.read_bytes(SLOTS + PAYLOAD_SLOT, &mut pong).unwrap();
-        assert!(pong.iter().all(|&b| b == 0x5a));
+        for region in [&r[2], &r[3]] {
+            let mut pong = [0u8; 1520];
+            region.read_bytes(SLOTS + PAYLOAD_SLOT, &mut pong).unwrap();
+            assert!(pong.iter().all(|&b| b == 0x5a));
+        }
         // A payload that does not fit is refused, not truncated.
         let small = Region::new_heap(region_size(64, 8));
         assert!(spin_pingpong(&small, Side::Measure, 1, 17).is_err());
