@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod benchlink;
+pub mod benchport;
 pub mod doorbell;
 pub mod entropy;
 pub mod openamp;
