@@ -5,7 +5,9 @@
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
 //!   notice peers that only increment a counter and never wake anyone;
 //! - [`entropy`]: the OS random number generator as a virtio-rng
-//!   entropy source.
+//!   entropy source;
+//! - `virtio_drivers` (feature `virtio-drivers`): the virtio-drivers
+//!   crate's drivers over a remoteproc vdev.
 #![warn(missing_docs)]
 
 pub mod baseline;
@@ -13,3 +15,5 @@ pub mod doorbell;
 pub mod entropy;
 pub mod shm;
 pub mod sim;
+#[cfg(feature = "virtio-drivers")]
+pub mod virtio_drivers;
