@@ -366,15 +366,13 @@ fn a_second_driver_on_the_same_domain_works_after_the_first() {
 
 // ---- virtio-console --------------------------------------------------------
 
-/// Bytes each way in the bulk test.
-const BULK: usize = 10 << 20;
 /// What the driver hands to `send_bytes` at once.
 const SEND_CHUNK: usize = 64 * 1024;
 
-#[test]
-fn virtio_console_moves_ten_mib_each_way_byte_exact() {
-    dma_domain!(Dom);
-    let link = link(id::CONSOLE, 0, 2, 8, ANY, true);
+/// `bulk` bytes each way between virtio-drivers' console and ours, the
+/// device offering `dfeatures`; every byte checked.
+fn console_bulk<Dom: DmaDomain>(dfeatures: u32, bulk: usize) {
+    let link = link(id::CONSOLE, dfeatures, 2, 8, ANY, true);
     let t = link
         .transport::<Dom>(Options::for_device(id::CONSOLE))
         .unwrap();
@@ -389,11 +387,11 @@ fn virtio_console_moves_ten_mib_each_way_byte_exact() {
         let mut chunk: Vec<u8> = Vec::new();
         let mut pos = 0;
         let mut buf = vec![0u8; 64 * 1024];
-        while wrote < BULK || read < BULK {
+        while wrote < bulk || read < bulk {
             let mut progress = false;
-            if wrote < BULK {
+            if wrote < bulk {
                 if pos == chunk.len() {
-                    chunk = out.bytes((64 * 1024).min(BULK - wrote));
+                    chunk = out.bytes((64 * 1024).min(bulk - wrote));
                     pos = 0;
                 }
                 let n = dev.write(&chunk[pos..]).unwrap();
@@ -411,7 +409,7 @@ fn virtio_console_moves_ten_mib_each_way_byte_exact() {
                 );
             }
             read += n;
-            assert!(read <= BULK, "the device read more than was sent");
+            assert!(read <= bulk, "the device read more than was sent");
             progress |= n > 0;
             if !progress {
                 bell.wait(&mut seen, Duration::from_millis(2));
@@ -425,9 +423,9 @@ fn virtio_console_moves_ten_mib_each_way_byte_exact() {
         let mut inp = Stream::new(0xD0);
         let mut chunk = vec![0u8; SEND_CHUNK];
         let (mut sent, mut received) = (0usize, 0usize);
-        while sent < BULK || received < BULK {
-            if sent < BULK {
-                let n = SEND_CHUNK.min(BULK - sent);
+        while sent < bulk || received < bulk {
+            if sent < bulk {
+                let n = SEND_CHUNK.min(bulk - sent);
                 out.fill(&mut chunk[..n]);
                 con.send_bytes(&chunk[..n]).unwrap();
                 sent += n;
@@ -438,7 +436,7 @@ fn virtio_console_moves_ten_mib_each_way_byte_exact() {
                 received += 1;
                 any = true;
             }
-            if !any && sent == BULK {
+            if !any && sent == bulk {
                 thread::yield_now();
             }
         }
@@ -449,10 +447,24 @@ fn virtio_console_moves_ten_mib_each_way_byte_exact() {
         );
         (sent, received)
     });
-    assert_eq!((sent, received), (BULK, BULK));
-    assert_eq!(device.join().unwrap(), (BULK, BULK));
+    assert_eq!((sent, received), (bulk, bulk));
+    // virtio-drivers accepted what was offered (it supports EVENT_IDX)
+    assert_eq!(link.device.driver_features().unwrap(), u64::from(dfeatures));
+    assert_eq!(device.join().unwrap(), (bulk, bulk));
     assert_eq!(health.error(), None);
     assert_eq!(Dom::slot().live(), 0);
+}
+
+#[test]
+fn virtio_console_moves_ten_mib_each_way_byte_exact() {
+    dma_domain!(Dom);
+    console_bulk::<Dom>(0, 10 << 20);
+}
+
+#[test]
+fn virtio_console_with_event_idx_moves_data_both_ways() {
+    dma_domain!(Dom);
+    console_bulk::<Dom>(1 << feature::RING_EVENT_IDX, 2 << 20);
 }
 
 #[test]
