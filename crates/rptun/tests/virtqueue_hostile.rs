@@ -214,6 +214,55 @@ fn device_rejects_avail_index_jump() {
 }
 
 #[test]
+fn device_rejects_more_chains_than_the_ring_holds_while_some_are_in_flight() {
+    // Found by the queue_device fuzz target: the driver makes 8 chains
+    // available, the device pops 3 and returns none, then the driver
+    // publishes 8 more. Each step is at most `num` ahead of what the device
+    // consumed, but 11 chains would be outstanding in an 8-entry ring.
+    let (mut d, mut dev) = device();
+    for i in 0..NUM {
+        d.desc(i, pa(BUFS + 16 * usize::from(i)), 16, 0, 0);
+        d.post(i);
+    }
+    for _ in 0..3 {
+        assert!(dev.pop::<16>().unwrap().is_some());
+    }
+    assert_eq!(dev.in_flight(), 3);
+    d.r.store_u16(d.l.avail_idx(), 3 + NUM).unwrap();
+    assert_eq!(
+        dev.has_avail(),
+        Err(QueueError::IndexJump {
+            from: 0,
+            to: 11,
+            max: NUM
+        })
+    );
+    assert_device_broken(&mut dev);
+    assert!(dev.indices().in_flight <= NUM);
+}
+
+#[test]
+fn device_keeps_a_full_ring_in_flight() {
+    // The boundary of the check above: all 8 chains popped and none
+    // returned is legal; returning one makes room for exactly one more.
+    let (mut d, mut dev) = device();
+    for i in 0..NUM {
+        d.desc(i, pa(BUFS + 16 * usize::from(i)), 16, 0, 0);
+        d.post(i);
+    }
+    for _ in 0..NUM {
+        assert!(dev.pop::<16>().unwrap().is_some());
+    }
+    assert_eq!(dev.in_flight(), usize::from(NUM));
+    assert_eq!(dev.pop::<16>().unwrap().map(|c| c.head()), None);
+    dev.push_used(0, 0).unwrap();
+    d.post(0);
+    assert_eq!(dev.pop::<16>().unwrap().map(|c| c.head()), Some(0));
+    assert_eq!(dev.in_flight(), usize::from(NUM));
+    assert!(!dev.is_broken());
+}
+
+#[test]
 fn device_rejects_avail_index_going_backwards() {
     let (mut d, mut dev) = device();
     d.desc(0, pa(BUFS), 16, 0, 0);

@@ -287,12 +287,24 @@ impl DeviceQueue {
     }
 
     /// Loads `avail.idx` and checks the driver did not move it more than
-    /// `num` ahead of what we consumed.
+    /// `num` ahead of what we consumed, nor more than `num` ahead of the
+    /// oldest chain we have not returned: a driver has only `num`
+    /// descriptors, and chains still in flight hold some of them.
     fn load_avail_idx(&mut self) -> Result<u16, QueueError> {
         let idx = self.region.load_u16(self.layout.avail_idx())?;
         if idx.wrapping_sub(self.last_avail) > self.num {
             return Err(QueueError::IndexJump {
                 from: self.last_avail,
+                to: idx,
+                max: self.num,
+            });
+        }
+        // (Found by the queue_device fuzz target: without this, a driver
+        // could make `num` more chains available while some were in flight,
+        // and the device held more than `num` chains.)
+        if idx.wrapping_sub(self.next_used) > self.num {
+            return Err(QueueError::IndexJump {
+                from: self.next_used,
                 to: idx,
                 max: self.num,
             });
