@@ -9,7 +9,7 @@
 #
 # Knobs: FUZZ_SECONDS (per target, default 15), FUZZ_RUNS (per target,
 # default 50000; whichever limit comes first), FUZZ_TARGETS (space-separated
-# subset). New inputs go to a temporary directory, never into the committed
+# subset), FUZZ_INSTALL_TIMEOUT (seconds, default 300). New inputs go to a temporary directory, never into the committed
 # corpus; crash inputs are kept in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +25,13 @@ command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 \
     || command -v clang++ >/dev/null 2>&1 \
     || skip "no C++ compiler to build libFuzzer"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "installing cargo-fuzz ..."
-    cargo install cargo-fuzz --locked >/dev/null 2>&1 \
-        || skip "cargo-fuzz is not installed and 'cargo install cargo-fuzz --locked' failed"
+    # Bounded: a slow or offline registry must not hold CI up.
+    limit="${FUZZ_INSTALL_TIMEOUT:-300}"
+    echo "fuzz: installing cargo-fuzz (at most ${limit} s) ..."
+    timeout "$limit" cargo install cargo-fuzz --locked >/dev/null 2>&1 \
+        || skip "cargo-fuzz is not installed and 'cargo install cargo-fuzz --locked' failed or took over ${limit} s"
+    cargo +nightly fuzz --version >/dev/null 2>&1 \
+        || skip "cargo-fuzz was installed but 'cargo +nightly fuzz' does not run"
 fi
 
 seconds="${FUZZ_SECONDS:-15}"

@@ -99,7 +99,10 @@ fn ten_mib_each_way_arrive_intact_between_two_threads() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "a 100 kB single-threaded transfer takes minutes under Miri; its buffer arithmetic needs that size")]
+#[cfg_attr(
+    miri,
+    ignore = "a 100 kB single-threaded transfer takes minutes under Miri; its buffer arithmetic needs that size"
+)]
 fn a_driver_that_stops_reading_stops_the_device_without_loss() {
     for (name, (t, d)) in console_links() {
         let mut drv = ConsoleDriver::new(t).unwrap();
@@ -261,7 +264,10 @@ fn a_device_vanishing_mid_transfer_is_reported_not_waited_for() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "a 200 kB transfer with real-time deadlines takes minutes under Miri")]
+#[cfg_attr(
+    miri,
+    ignore = "a 200 kB transfer with real-time deadlines takes minutes under Miri"
+)]
 fn a_device_thread_dying_mid_transfer_gives_a_timeout() {
     for (name, (t, d)) in console_links() {
         let mut drv = ConsoleDriver::new(t).unwrap();

@@ -104,7 +104,11 @@ fn rng_requests_with_both_sides_sleeping_between_notifications() {
             }
         });
         let mut drv = RngDriver::new(t).unwrap();
-        let lens: &[usize] = if cfg!(miri) { &[1, 1024] } else { &[1, 1024, 5000, 20_000] };
+        let lens: &[usize] = if cfg!(miri) {
+            &[1, 1024]
+        } else {
+            &[1, 1024, 5000, 20_000]
+        };
         for &len in lens {
             let mut out = vec![0u8; len];
             drv.read(&mut out, bells.driver.waiter(PATIENCE, TOTAL))

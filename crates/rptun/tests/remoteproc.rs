@@ -543,7 +543,10 @@ const TWO_WAYS: &[(u32, u8)] = &[(ECHO, 0), (ECHO, 1)];
 // ---- tests ---------------------------------------------------------------------
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn master_boots_remote_and_both_see_the_vdevs_with_the_right_roles() {
     let p = boot(TWO_WAYS);
     let m = p.master.run(|i| i.vdevs());
@@ -576,7 +579,10 @@ fn master_boots_remote_and_both_see_the_vdevs_with_the_right_roles() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn echo_works_both_ways_over_two_vdevs_at_once() {
     let p = boot(TWO_WAYS);
     for round in 0..3u8 {
@@ -591,7 +597,10 @@ fn echo_works_both_ways_over_two_vdevs_at_once() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn doorbells_reach_only_queues_that_exist_and_have_work() {
     let p = boot(TWO_WAYS);
     let msgs = requests(1);
@@ -616,7 +625,10 @@ fn doorbells_reach_only_queues_that_exist_and_have_work() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn stop_and_restart_bring_traffic_back() {
     let p = boot(TWO_WAYS);
     let msgs = requests(7);
@@ -664,7 +676,10 @@ fn stop_and_restart_bring_traffic_back() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn panic_and_reset_go_through_the_mailbox_and_are_acked() {
     let p = boot(TWO_WAYS);
     let (m0, r0) = (p.master.mark(), p.remote.mark());
@@ -698,7 +713,10 @@ fn panic_and_reset_go_through_the_mailbox_and_are_acked() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures")]
+#[cfg_attr(
+    miri,
+    ignore = "known data race, see docs/RELIABILITY.md (Miri): the remote copies the live resource table with plain reads while the master driver writes gfeatures"
+)]
 fn unregistered_vdev_is_skipped_and_the_next_one_works() {
     let p = boot(&[(UNKNOWN, 0), (ECHO, 0)]);
     for side in [&p.master, &p.remote] {

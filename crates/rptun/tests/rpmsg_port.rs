@@ -182,7 +182,10 @@ fn message(i: u32) -> Vec<u8> {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "ten thousand messages through a 100-byte pipe take minutes under Miri; safe code over the stream")]
+#[cfg_attr(
+    miri,
+    ignore = "ten thousand messages through a 100-byte pipe take minutes under Miri; safe code over the stream"
+)]
 fn ten_thousand_messages_arrive_in_order_under_back_pressure() {
     // A small pipe that takes 100 bytes per call: the sender's buffers
     // fill up and trysend reports NoBuffer again and again.
@@ -281,7 +284,10 @@ impl Rng {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "byte-level corruption rounds take about a minute under Miri; covered by the port_deframer fuzz target")]
+#[cfg_attr(
+    miri,
+    ignore = "byte-level corruption rounds take about a minute under Miri; covered by the port_deframer fuzz target"
+)]
 fn garbage_and_corruption_on_the_wire_are_survived() {
     let (mut a, mut b, ea, _) = connected_pair(CrcMode::On);
     let (ta, _) = recorder(&mut a, "seq");

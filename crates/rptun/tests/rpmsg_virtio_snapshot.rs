@@ -229,7 +229,10 @@ mod through_the_remoteproc_vdev_transport {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "adopts the whole 197 KB snapshot region; over a minute under Miri (the table parser has its own Miri tests)")]
+    #[cfg_attr(
+        miri,
+        ignore = "adopts the whole 197 KB snapshot region; over a minute under Miri (the table parser has its own Miri tests)"
+    )]
     fn remote_adopting_the_nuttx_table_finds_the_8_posted_rx_buffers() {
         let region = copy_of(AFTER_BOOT);
         let loc = TableLocation {
