@@ -359,7 +359,11 @@ fuzz_target!(|input: Input| {
                     let last = idx_before.last_avail;
                     if last == seen {
                         let now = u16_at(&before, l.avail_idx());
-                        if now.wrapping_sub(last) > num {
+                        // More than `num` ahead of what we consumed, or
+                        // of the oldest chain not returned (`used.idx`).
+                        if now.wrapping_sub(last) > num
+                            || now.wrapping_sub(idx_before.used_idx) > num
+                        {
                             Err(())
                         } else if now == last {
                             Ok(None)
