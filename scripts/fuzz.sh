@@ -5,12 +5,14 @@
 #
 # Needs a nightly toolchain, a C++ compiler (libFuzzer is built from source)
 # and cargo-fuzz (installed with `cargo install cargo-fuzz --locked` when
-# missing). Without them it prints one "skipped: ..." line and exits 0.
+# missing). Without them it prints one "skipped: fuzzing (...)" line and
+# exits 0.
 #
-# Knobs: FUZZ_SECONDS (per target, default 15), FUZZ_RUNS (per target,
+# Knobs: FUZZ_SECONDS (per target, default 10), FUZZ_RUNS (per target,
 # default 50000; whichever limit comes first), FUZZ_TARGETS (space-separated
-# subset), FUZZ_INSTALL_TIMEOUT (seconds, default 300). New inputs go to a temporary directory, never into the committed
-# corpus; crash inputs are kept in fuzz/artifacts/<target>/.
+# subset), FUZZ_INSTALL_TIMEOUT (seconds, default 240). New inputs go to a
+# temporary directory, never into the committed corpus; crash inputs are
+# kept in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +28,7 @@ command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 \
     || skip "no C++ compiler to build libFuzzer"
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     # Bounded: a slow or offline registry must not hold CI up.
-    limit="${FUZZ_INSTALL_TIMEOUT:-300}"
+    limit="${FUZZ_INSTALL_TIMEOUT:-240}"
     echo "fuzz: installing cargo-fuzz (at most ${limit} s) ..."
     timeout "$limit" cargo install cargo-fuzz --locked >/dev/null 2>&1 \
         || skip "cargo-fuzz is not installed and 'cargo install cargo-fuzz --locked' failed or took over ${limit} s"
@@ -34,7 +36,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
         || skip "cargo-fuzz was installed but 'cargo +nightly fuzz' does not run"
 fi
 
-seconds="${FUZZ_SECONDS:-15}"
+seconds="${FUZZ_SECONDS:-10}"
 runs="${FUZZ_RUNS:-50000}"
 cd fuzz
 targets="${FUZZ_TARGETS:-$(cargo +nightly fuzz list)}"
