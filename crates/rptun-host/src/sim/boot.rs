@@ -9,7 +9,8 @@
 //! Either side later sees the other's restart as `NEED_RESET` in its own
 //! word ([`take_need_reset`]).
 
-use super::layout::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, RSC, SHM_SIZE};
+use super::layout::{RSC, SHM_SIZE};
+use rptun::remoteproc::shmem::{self, ShmemError};
 use rptun::shm::{Region, ShmError};
 use std::time::{Duration, Instant};
 
@@ -44,14 +45,10 @@ pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), Bo
     if RSC + table.len() > SHM_SIZE.min(region.len()) {
         return Err(BootError::TableTooBig(table.len()));
     }
-    region.fill(RSC, region.len() - RSC, 0)?;
-    region.write_bytes(RSC, table)?;
-    region.write_u64(BASE, base)?;
-    if region.load_u32(BOOTS)? & OK != 0 {
-        region.store_u32(BOOTS, NEED_RESET)?;
-    }
-    region.store_u32(BOOTM, BOOT)?;
-    Ok(())
+    shmem::master_publish(region, table, base).map_err(|e| match e {
+        ShmemError::Shm(e) => BootError::Shm(e),
+        _ => BootError::TableTooBig(table.len()),
+    })
 }
 
 /// Master, second half: waits for `boots & BOOT`, then sets `bootm = OK`.
@@ -59,68 +56,34 @@ pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), Bo
 pub fn master_wait_remote(
     region: &Region,
     timeout: Duration,
-    mut keep_going: impl FnMut() -> bool,
+    keep_going: impl FnMut() -> bool,
 ) -> Result<(), BootError> {
-    wait_bits(
-        region,
-        BOOTS,
-        BOOT,
-        timeout,
-        "remote (proxy)",
-        &mut keep_going,
-    )?;
-    region.store_u32(BOOTM, OK)?;
-    Ok(())
+    shmem::master_wait_remote(region, waiter(timeout, "remote (proxy)", keep_going))
 }
 
 /// Remote: runs its half of the handshake and returns the master's `base`.
 pub fn remote_boot(
     region: &Region,
     timeout: Duration,
-    mut keep_going: impl FnMut() -> bool,
+    keep_going: impl FnMut() -> bool,
 ) -> Result<u64, BootError> {
-    if region.load_u32(BOOTS)? & OK != 0 {
-        region.store_u32(BOOTM, NEED_RESET)?;
-    }
-    region.store_u32(BOOTS, BOOT)?;
-    wait_bits(
-        region,
-        BOOTM,
-        OK,
-        timeout,
-        "master (server)",
-        &mut keep_going,
-    )?;
-    let base = region.read_u64(BASE)?;
-    region.store_u32(BOOTS, OK)?;
-    Ok(base)
+    shmem::remote_boot(region, waiter(timeout, "master (server)", keep_going))
 }
 
 /// True (and the flag cleared) if the peer asked this side to reboot.
 pub fn take_need_reset(region: &Region, master: bool) -> Result<bool, ShmError> {
-    let word = if master { BOOTM } else { BOOTS };
-    let a = region.atomic_u32(word)?;
-    let v = u32::from_le(a.load(std::sync::atomic::Ordering::Acquire));
-    if v & NEED_RESET != 0 {
-        a.store(0, std::sync::atomic::Ordering::Release);
-        return Ok(true);
-    }
-    Ok(false)
+    shmem::take_need_reset(region, master)
 }
 
-fn wait_bits(
-    region: &Region,
-    word: usize,
-    bits: u32,
+/// A wait of 1 ms per call that gives up at `timeout` or when `keep_going`
+/// says so.
+fn waiter(
     timeout: Duration,
     peer: &'static str,
-    keep_going: &mut dyn FnMut() -> bool,
-) -> Result<(), BootError> {
+    mut keep_going: impl FnMut() -> bool,
+) -> impl FnMut() -> Result<(), BootError> {
     let start = Instant::now();
-    loop {
-        if region.load_u32(word)? & bits != 0 {
-            return Ok(());
-        }
+    move || {
         if start.elapsed() > timeout {
             return Err(BootError::Timeout {
                 peer,
@@ -131,12 +94,14 @@ fn wait_bits(
             return Err(BootError::Cancelled);
         }
         std::thread::sleep(Duration::from_millis(1));
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::layout::{BOOTS, OK};
 
     #[test]
     fn either_start_order_completes_and_a_remote_restart_asks_the_master_to_reboot() {

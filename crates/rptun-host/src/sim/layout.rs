@@ -15,24 +15,9 @@
 pub const SHM_NAME: &str = "server-proxy";
 /// Size of the object as NuttX's 32-bit simulator lays it out.
 pub const SHM_SIZE: usize = 197_072;
-/// Offset of `base`.
-pub const BASE: usize = 0x00;
-/// Offset of the remote's doorbell counter.
-pub const SEQS: usize = 0x08;
-/// Offset of the master's doorbell counter.
-pub const SEQM: usize = 0x0C;
-/// Offset of the remote's boot word.
-pub const BOOTS: usize = 0x10;
-/// Offset of the master's boot word.
-pub const BOOTM: usize = 0x14;
-/// Offset of the resource table.
-pub const RSC: usize = 0x18;
-/// Boot word bit: this side has started.
-pub const BOOT: u32 = 1;
-/// Boot word bit: this side is up.
-pub const OK: u32 = 2;
-/// Boot word bit: the other side must re-run its boot (it restarted).
-pub const NEED_RESET: u32 = 4;
+// The header is shared with ivshmem and the firmware: one definition, in
+// the core (`rptun::remoteproc::shmem`).
+pub use rptun::remoteproc::shmem::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, RSC, SEQM, SEQS};
 /// Size of each carveout.
 pub const CARVEOUT_SIZE: u32 = 0x10000;
 /// rpmsg buffer size each way (1520-byte payloads).
