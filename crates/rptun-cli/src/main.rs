@@ -1,8 +1,10 @@
-//! The `rptun` command: the two-process simulator, its shell, benchmarks.
+//! The `rptun` command: the two-process simulator, its shell, benchmarks,
+//! and the master of the QEMU firmware over ivshmem.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ivshmem;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
@@ -18,6 +20,9 @@ struct Cli {
 enum Cmd {
     /// Measure rptun against raw shared-memory baselines between two processes.
     Bench(bench::BenchArgs),
+    /// Boot the rptun firmware in QEMU (Cortex-A53 virt) and be its master
+    /// over an ivshmem file, with a shell.
+    Ivshmem(ivshmem::IvshmemArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -34,6 +39,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Ivshmem(a) => ivshmem::run(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
     }
 }

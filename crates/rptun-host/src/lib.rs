@@ -3,10 +3,12 @@
 //! - [`shm`]: POSIX shared-memory objects mapped into this process as
 //!   [`rptun::shm::Region`]s (the mmap backend of the seam);
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
-//!   notice peers that only increment a counter and never wake anyone.
+//!   notice peers that only increment a counter and never wake anyone;
+//! - [`ivshmem`]: the master side of a QEMU guest sharing an ivshmem file.
 #![warn(missing_docs)]
 
 pub mod baseline;
 pub mod doorbell;
+pub mod ivshmem;
 pub mod shm;
 pub mod sim;

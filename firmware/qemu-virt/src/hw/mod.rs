@@ -12,14 +12,18 @@
 //! - [`uart`]: the PL011 console;
 //! - [`pci`]: ECAM enumeration and BAR placement, ivshmem discovery;
 //! - [`timer`]: the ARM generic timer;
-//! - [`psci`]: power off.
+//! - [`psci`]: power off;
+//! - [`heap`]: the global allocator over a static arena;
+//! - [`sync`]: a spin lock for state shared through `Sync` statics or `Arc`s.
 #![allow(unsafe_code)]
 
 pub mod boot;
 pub mod exceptions;
+pub mod heap;
 pub mod mmu;
 pub mod pci;
 pub mod psci;
+pub mod sync;
 pub mod timer;
 pub mod uart;
 
