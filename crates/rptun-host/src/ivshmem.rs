@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rptun::remoteproc::instance::{Event, Instance, InstanceError};
+use rptun::remoteproc::instance::{Event, Instance, InstanceError, State};
 use rptun::remoteproc::mailbox::{Command, Mailbox};
 use rptun::remoteproc::platform::{
     Doorbell, LinkMap, Platform, PlatformError, RemoteCpuName, TableLocation,
@@ -303,6 +303,7 @@ pub struct IvshmemMaster {
     region: Region,
     qemu: Option<Qemu>,
     cancel: Arc<AtomicBool>,
+    keep_remote: Arc<AtomicBool>,
 }
 
 impl IvshmemMaster {
@@ -322,6 +323,7 @@ impl IvshmemMaster {
             region,
             qemu: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            keep_remote: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -338,6 +340,13 @@ impl IvshmemMaster {
     /// A flag that, once set, makes a pending boot wait give up.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// A flag that, while set, makes `stop` leave the remote running: the
+    /// remote restarted its link by itself and only the handshake must run
+    /// again.
+    pub fn keep_remote_flag(&self) -> Arc<AtomicBool> {
+        self.keep_remote.clone()
     }
 
     /// True while QEMU (if this platform started it) runs.
@@ -474,6 +483,9 @@ impl Platform for IvshmemMaster {
     }
 
     fn stop(&mut self) -> Result<(), PlatformError> {
+        if self.keep_remote.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if self.cfg.qemu.is_none() {
             // Someone else runs the remote: ask it through the mailbox.
             return Err(PlatformError::Unsupported("stop"));
@@ -529,6 +541,7 @@ pub struct IvshmemNode {
     /// The rpmsg-test service.
     pub test: ServiceId<TestService>,
     region: Region,
+    keep_remote: Arc<AtomicBool>,
     links: Queue<LinkEvent<HostRpmsg>>,
     events: Queue<Event>,
     attached: Vec<(usize, LinkId)>,
@@ -538,6 +551,7 @@ impl IvshmemNode {
     /// A node over `platform` (not started).
     pub fn new(platform: IvshmemMaster) -> IvshmemNode {
         let region = platform.shared().clone();
+        let keep_remote = platform.keep_remote_flag();
         let table = platform.config().table.clone();
         let links: Queue<LinkEvent<HostRpmsg>> = Queue::default();
         let events: Queue<Event> = Queue::default();
@@ -562,6 +576,7 @@ impl IvshmemNode {
             ping,
             test,
             region,
+            keep_remote,
             links,
             events,
             attached: Vec::new(),
@@ -600,9 +615,14 @@ impl IvshmemNode {
             log::debug!("rpmsg poll: {e}");
         }
         let events = self.events.take();
-        if shmem::take_need_reset(&self.region, true).unwrap_or(false) {
+        if shmem::take_need_reset(&self.region, true).unwrap_or(false)
+            && matches!(self.instance.state(), State::Running | State::Crashed)
+        {
             log::info!("ivshmem: the remote restarted; restarting the link");
-            if let Err(e) = self.start() {
+            self.keep_remote.store(true, Ordering::Relaxed);
+            let r = self.start();
+            self.keep_remote.store(false, Ordering::Relaxed);
+            if let Err(e) = r {
                 log::error!("ivshmem: restart failed: {e}");
             }
         }
