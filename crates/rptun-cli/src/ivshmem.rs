@@ -382,7 +382,33 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
             let r = match word {
                 "start" => g.start(),
                 "stop" => g.stop(),
-                "reset" => g.instance.reset_remote(0),
+                "reset" => {
+                    let before = g.remote_restarts();
+                    let r = g.instance.reset_remote(0);
+                    drop(g);
+                    if r.is_ok() {
+                        // The remote restarts its link and asks for a new
+                        // handshake; the poller runs it. Wait for that.
+                        let end = std::time::Instant::now() + Duration::from_secs(30);
+                        loop {
+                            std::thread::sleep(Duration::from_millis(5));
+                            let g = lock(&n);
+                            if g.remote_restarts() > before && g.rpmsg_up() {
+                                break;
+                            }
+                            if std::time::Instant::now() > end {
+                                let _ = writeln!(
+                                    o,
+                                    "rptun reset {remote}: FAILED: the remote did not restart its \
+                                     link within 30 s"
+                                );
+                                return Ok(());
+                            }
+                        }
+                    }
+                    g = lock(&n);
+                    r
+                }
                 "panic" => g.instance.panic_remote(),
                 _ => {
                     let h = header(g.region()).map_err(|e| e.to_string())?;

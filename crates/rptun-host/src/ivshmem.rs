@@ -545,6 +545,7 @@ pub struct IvshmemNode {
     links: Queue<LinkEvent<HostRpmsg>>,
     events: Queue<Event>,
     attached: Vec<(usize, LinkId)>,
+    restarts: u64,
 }
 
 impl IvshmemNode {
@@ -580,7 +581,21 @@ impl IvshmemNode {
             links,
             events,
             attached: Vec::new(),
+            restarts: 0,
         }
+    }
+
+    /// How many times the link was restarted because the remote restarted.
+    pub fn remote_restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// True when an rpmsg link is up.
+    pub fn rpmsg_up(&self) -> bool {
+        self.bus
+            .link_ids()
+            .into_iter()
+            .any(|id| self.bus.link(id).is_some_and(|l| l.is_up()))
     }
 
     /// The shared memory.
@@ -620,6 +635,7 @@ impl IvshmemNode {
         {
             log::info!("ivshmem: the remote restarted; restarting the link");
             self.keep_remote.store(true, Ordering::Relaxed);
+            self.restarts += 1;
             let r = self.start();
             self.keep_remote.store(false, Ordering::Relaxed);
             if let Err(e) = r {
