@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ivshmem;
+mod openamp;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
@@ -23,6 +24,9 @@ enum Cmd {
     /// Boot the rptun firmware in QEMU (Cortex-A53 virt) and be its master
     /// over an ivshmem file, with a shell.
     Ivshmem(ivshmem::IvshmemArgs),
+    /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
+    /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
+    Openamp(openamp::OpenampArgs),
     /// (internal) the peer process of `rptun bench`.
     #[command(hide = true)]
     BenchPeer {
@@ -40,6 +44,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Ivshmem(a) => ivshmem::run(&a),
+        Cmd::Openamp(a) => openamp::run(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
     }
 }

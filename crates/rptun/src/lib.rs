@@ -6,6 +6,8 @@
 //! - [`wire`]: byte-exact wire formats (resource table, rpmsg, name service);
 //! - [`virtio`]: split virtqueues (driver and device side) and the
 //!   transport traits;
+//! - [`devices`]: virtio devices over any transport, both roles
+//!   (virtio-rng with feature `rng`, virtio-console with feature `console`);
 //! - [`remoteproc`]: address translation, carveout allocator, ELF loader and
 //!   command mailbox of a remote-core link;
 //!
@@ -17,6 +19,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod devices;
 pub mod remoteproc;
 pub mod rpmsg;
 pub mod shm;
