@@ -445,6 +445,53 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
             }
         });
     }
+    let n = node.clone();
+    sh.add(
+        "hexdump",
+        "/dev/random<N> [len]",
+        "read len (default 64) bytes from the remote's virtio-rng N (0: the first entropy vdev)",
+        move |a, o| {
+            let dev = *a.first().ok_or("missing argument /dev/random<N>")?;
+            let idx: usize = dev
+                .strip_prefix("/dev/random")
+                .and_then(|k| k.parse().ok())
+                .ok_or_else(|| format!("`{dev}` is not /dev/random<N>"))?;
+            let len: usize = if a.len() > 1 { arg(a, 1, "len")? } else { 64 };
+            if len == 0 || len > 1 << 20 {
+                return Err("<len> must be 1..=1048576".into());
+            }
+            let mut g = lock(&n);
+            let node = &mut *g;
+            let mut clock = CounterClock::new(node.region(), period);
+            let end = deadline(&mut clock, Duration::from_secs(10));
+            let count = node.rngs().len();
+            let Some((_, rng)) = node.rngs().get_mut(idx) else {
+                return Err(format!(
+                    "no {dev}: the remote serves {count} virtio-rng device(s) (is the link up?)"
+                ));
+            };
+            let mut buf = vec![0u8; len];
+            let r = rng.read(&mut buf, || {
+                let next = clock.now_ns().saturating_add(1_000_000).min(end);
+                clock.wait_until(next);
+                clock.now_ns() < end
+            });
+            if let Err(e) = r {
+                let _ = writeln!(o, "hexdump {dev}: FAILED: {e}");
+                return Ok(());
+            }
+            let _ = writeln!(o, "{dev} at 00000000:");
+            for (i, chunk) in buf.chunks(16).enumerate() {
+                let hex: String = chunk.iter().map(|b| format!("{b:02x} ")).collect();
+                let text: String = chunk
+                    .iter()
+                    .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+                    .collect();
+                let _ = writeln!(o, "{:04x}: {hex:<48} {text}", i * 16);
+            }
+            Ok(())
+        },
+    );
     sh.add("sleep", "<ms>", "wait (scripts)", |a, _o| {
         let ms: u64 = arg(a, 0, "ms")?;
         std::thread::sleep(Duration::from_millis(ms));

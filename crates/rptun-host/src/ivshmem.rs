@@ -25,14 +25,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rptun::devices::rng::RngDriver;
+use rptun::devices::DeviceError;
 use rptun::remoteproc::instance::{Event, Instance, InstanceError, State};
 use rptun::remoteproc::mailbox::{Command, Mailbox};
 use rptun::remoteproc::platform::{
     Doorbell, LinkMap, Platform, PlatformError, RemoteCpuName, TableLocation,
 };
 use rptun::remoteproc::registry::Registry;
-use rptun::remoteproc::rpmsg_vdev::{register_driver, DriverLink, LinkEvent, LinkSink};
+use rptun::remoteproc::rpmsg_vdev::{
+    handoff_handler, register_driver, DriverLink, LinkEvent, LinkSink,
+};
 use rptun::remoteproc::shmem::{self, ivshmem, SeqNotifier, ShmemError};
+use rptun::remoteproc::vdev::VdevDriver;
 use rptun::remoteproc::Role;
 use rptun::rpmsg::services::ping::PingService;
 use rptun::rpmsg::services::test::TestService;
@@ -40,6 +45,7 @@ use rptun::rpmsg::virtio::RpmsgVirtioOptions;
 use rptun::rpmsg::wait::{Clock, Wait};
 use rptun::rpmsg::{Bus, Link, LinkId, LocalCpu, RemoteCpu, ServiceConfig, ServiceId};
 use rptun::shm::{Region, ShmError};
+use rptun::virtio::{id, VirtioError};
 
 use crate::doorbell::Doorbell as CounterWait;
 use crate::shm::{ShmObject, ShmObjectError};
@@ -51,6 +57,9 @@ pub const QUEUE: usize = 8;
 
 /// The rpmsg transport of the master's bus.
 pub type HostRpmsg = DriverLink<SeqNotifier, QUEUE>;
+
+/// The master's virtio-rng driver on an entropy vdev.
+pub type HostRng = RngDriver<VdevDriver<SeqNotifier>, QUEUE>;
 
 /// Errors of the ivshmem platform.
 #[derive(Debug, thiserror::Error)]
@@ -543,8 +552,10 @@ pub struct IvshmemNode {
     region: Region,
     keep_remote: Arc<AtomicBool>,
     links: Queue<LinkEvent<HostRpmsg>>,
+    rng_events: Queue<LinkEvent<HostRng>>,
     events: Queue<Event>,
     attached: Vec<(usize, LinkId)>,
+    rngs: Vec<(usize, HostRng)>,
     restarts: u64,
 }
 
@@ -565,6 +576,22 @@ impl IvshmemNode {
             RpmsgVirtioOptions::new(local, remote),
             links.clone(),
         );
+        let rng_events: Queue<LinkEvent<HostRng>> = Queue::default();
+        let sink = rng_events.clone();
+        registry.register_driver(id::ENTROPY, move |t: VdevDriver<SeqNotifier>| {
+            let vdev = t.info().index;
+            match HostRng::with_config(t, Default::default()) {
+                Ok(d) => {
+                    sink.push(LinkEvent::Up { vdev, transport: d });
+                    Ok(handoff_handler(vdev, sink.clone()))
+                }
+                Err(DeviceError::Virtio(e)) => Err(e),
+                Err(e) => {
+                    log::warn!("virtio-rng driver on vdev {vdev}: {e}");
+                    Err(VirtioError::Protocol("virtio-rng driver set-up failed"))
+                }
+            }
+        });
         let mut instance = Instance::new(platform, registry);
         let sink = events.clone();
         instance.set_event_handler(move |e| sink.push_item(*e));
@@ -579,8 +606,10 @@ impl IvshmemNode {
             region,
             keep_remote,
             links,
+            rng_events,
             events,
             attached: Vec::new(),
+            rngs: Vec::new(),
             restarts: 0,
         }
     }
@@ -645,7 +674,23 @@ impl IvshmemNode {
         events
     }
 
+    /// The virtio-rng drivers, by vdev ordinal (`/dev/random0` is the first).
+    pub fn rngs(&mut self) -> &mut [(usize, HostRng)] {
+        &mut self.rngs
+    }
+
     fn sync(&mut self) {
+        for ev in self.rng_events.take() {
+            match ev {
+                LinkEvent::Up { vdev, transport } => {
+                    self.rngs.push((vdev, transport));
+                    self.rngs.sort_by_key(|(v, _)| *v);
+                }
+                // The vdev's memory may be reused: forget the driver without
+                // touching the device again.
+                LinkEvent::Down { vdev } => self.rngs.retain(|(v, _)| *v != vdev),
+            }
+        }
         for ev in self.links.take() {
             match ev {
                 LinkEvent::Up { vdev, transport } => {

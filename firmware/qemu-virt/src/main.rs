@@ -20,6 +20,7 @@ extern crate alloc;
 mod console;
 #[cfg(feature = "demo")]
 mod demo;
+#[cfg(not(feature = "demo"))]
 mod entropy;
 mod hw;
 #[cfg(not(feature = "demo"))]

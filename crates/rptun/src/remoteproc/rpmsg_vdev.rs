@@ -16,7 +16,8 @@
 //!
 //! Neither rpmsg-virtio nor the vdev transport knows about the other; the
 //! handler registered here does nothing on doorbells, because rpmsg-virtio
-//! polls its rings itself when the bus polls the link.
+//! polls its rings itself when the bus polls the link. The same hand-off
+//! ([`handoff_handler`]) serves any driver the application keeps itself.
 #![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
@@ -61,13 +62,13 @@ pub trait LinkSink<T>: Send + 'static {
     fn push(&self, event: LinkEvent<T>);
 }
 
-struct RpmsgHandler<S> {
+struct HandoffHandler<S> {
     vdev: usize,
     sink: S,
     removed: bool,
 }
 
-impl<S: SinkDown> VirtioHandler for RpmsgHandler<S> {
+impl<S: SinkDown> VirtioHandler for HandoffHandler<S> {
     fn notify(&mut self, _queue: u16) {}
 
     fn remove(&mut self) {
@@ -90,6 +91,18 @@ impl<S: LinkSink<T>, T: 'static> SinkDown for Down<S, T> {
     fn down(&self, vdev: usize) {
         self.0.push(LinkEvent::Down { vdev });
     }
+}
+
+/// A handler for a vdev whose driver or device the application keeps
+/// itself (e.g. a virtio-rng driver a shell reads from): it does nothing on
+/// doorbells and pushes [`LinkEvent::Down`] into `sink` when the vdev goes
+/// away. The factory pushes the [`LinkEvent::Up`] with the object.
+pub fn handoff_handler<T: 'static, S: LinkSink<T>>(vdev: usize, sink: S) -> Box<dyn VirtioHandler> {
+    Box::new(HandoffHandler {
+        vdev,
+        sink: Down(sink, core::marker::PhantomData::<fn() -> T>),
+        removed: false,
+    })
 }
 
 fn setup_error(e: RpmsgVirtioError) -> VirtioError {
@@ -116,11 +129,7 @@ pub fn register_driver<N, S, const Q: usize>(
         match DriverLink::<N, Q>::start_new(t, options) {
             Ok(d) => {
                 sink.push(LinkEvent::Up { vdev, transport: d });
-                Ok(Box::new(RpmsgHandler {
-                    vdev,
-                    sink: Down(sink.clone(), core::marker::PhantomData),
-                    removed: false,
-                }) as Box<dyn VirtioHandler>)
+                Ok(handoff_handler(vdev, sink.clone()))
             }
             Err((e, _t)) => {
                 log::warn!("rpmsg vdev {vdev}: the rpmsg-virtio driver did not start: {e}");
@@ -147,10 +156,6 @@ pub fn register_device<N, S, const Q: usize>(
             vdev,
             transport: DeviceLink::<N, Q>::new(t, options),
         });
-        Ok(Box::new(RpmsgHandler {
-            vdev,
-            sink: Down(sink.clone(), core::marker::PhantomData),
-            removed: false,
-        }) as Box<dyn VirtioHandler>)
+        Ok(handoff_handler(vdev, sink.clone()))
     });
 }
