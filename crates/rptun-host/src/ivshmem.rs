@@ -784,3 +784,64 @@ pub fn header(region: &Region) -> Result<[u32; 4], ShmError> {
         region.load_u32(shmem::BOOTM)?,
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rptun::wire::rsc::{Entry, ParseOptions, ResourceTable};
+
+    #[test]
+    fn the_table_is_laid_out_as_docs_ivshmem_md_says() {
+        let t = table::build(&IvshmemConfig::default().table).unwrap();
+        let parsed = ResourceTable::parse(&t, &ParseOptions::default()).unwrap();
+        let offsets: Vec<usize> = parsed.entries().map(|e| e.offset()).collect();
+        // Hand-derived: 16-byte header + 6 offsets; vdev 28 + 20/vring
+        // (+64 config for rpmsg); carveout 56 (+64 KiB embedded for rng0/1).
+        assert_eq!(offsets, [0x28, 0x58, 0x10090, 0x100C0, 0x200F8, 0x2017C]);
+        let das: Vec<u32> = parsed
+            .entries()
+            .filter_map(|e| match e {
+                Entry::Carveout(c) => Some(c.da),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(das, [0xA8, 0x10110, 0x201CC]);
+        assert_eq!(shmem::RSC + t.len(), 0x201CC);
+        assert!(shmem::RSC + t.len() + 0x10000 <= ivshmem::SHM_SIZE);
+        assert!(t.len() <= ivshmem::TABLE_MAX);
+    }
+
+    #[test]
+    fn qemu_command_line_and_uart_prefix() {
+        let q = QemuConfig {
+            binary: "qemu-system-aarch64".into(),
+            firmware: PathBuf::from("/fw.elf"),
+            extra_args: vec!["-s".into()],
+            uart: UartSink::Stdout,
+        };
+        assert_eq!(
+            q.args("rptun-ivshmem", 4 << 20).join(" "),
+            "-M virt,highmem=off -cpu cortex-a53 -nographic -nic none -m 128M -kernel /fw.elf \
+             -object memory-backend-file,id=shm,share=on,mem-path=/dev/shm/rptun-ivshmem,size=4M \
+             -device ivshmem-plain,memdev=shm -s"
+        );
+        assert_eq!(uart_line("[proxy] hello"), "[proxy] hello");
+        assert_eq!(uart_line("qemu: warning"), "[qemu] qemu: warning");
+    }
+
+    #[test]
+    fn a_missing_firmware_image_says_how_to_build_it() {
+        let cfg = IvshmemConfig {
+            shm_name: format!("rptun-ivshmem-nofw-{}", std::process::id()),
+            qemu: Some(QemuConfig {
+                binary: "qemu-system-aarch64".into(),
+                firmware: PathBuf::from("/nonexistent/fw.elf"),
+                extra_args: Vec::new(),
+                uart: UartSink::Stdout,
+            }),
+            ..IvshmemConfig::default()
+        };
+        let e = IvshmemMaster::new(cfg).err().unwrap().to_string();
+        assert!(e.contains("cargo build --release"), "{e}");
+    }
+}
