@@ -24,8 +24,8 @@
 //!
 //! Everything else is unmapped, so a stray pointer faults with a report (see
 //! `exceptions`) instead of scribbling. The rest of RAM is left unmapped on
-//! purpose: the firmware has no heap, and mapping only what the image uses
-//! makes it independent of `-m`.
+//! purpose: the heap is a static arena inside `.bss`, and mapping only what
+//! the image uses makes it independent of `-m`.
 //!
 //! Shared memory (ivshmem BAR2) is Normal WB cacheable: QEMU's TCG guest
 //! accesses go straight to the host mapping of the backing file, which is
