@@ -383,7 +383,7 @@ impl IvshmemMaster {
         let cancel = self.cancel.clone();
         let qemu = &mut self.qemu;
         let mut exited = None;
-        let r = shmem::master_wait_remote(&self.region, || {
+        let mut wait = || {
             if let Some(s) = qemu.as_mut().and_then(Qemu::exited) {
                 exited = Some(s);
                 return Err(ShmemError::Timeout("remote"));
@@ -393,7 +393,11 @@ impl IvshmemMaster {
             }
             std::thread::sleep(Duration::from_millis(1));
             Ok(())
-        });
+        };
+        // BOOT, then OK once the remote adopted the table: only then may the
+        // mailbox carry commands (they overlay the table header).
+        let r = shmem::master_wait_remote(&self.region, &mut wait)
+            .and_then(|()| shmem::master_wait_ready(&self.region, &mut wait));
         match (r, exited) {
             (Ok(()), _) => Ok(()),
             (Err(_), Some(status)) => Err(IvshmemError::QemuExited { status }),

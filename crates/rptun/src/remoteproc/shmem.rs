@@ -136,14 +136,24 @@ pub fn master_wait_remote<E: From<ShmError>>(
     Ok(())
 }
 
-/// Remote: runs its half of the handshake and returns the master's `base`.
-///
-/// If a previous incarnation of the remote was up (`boots & OK`), tells the
-/// master to reboot (`bootm = NEED_RESET`); sets `boots = BOOT`; waits for
-/// `bootm & OK`; sets `boots = OK`. Read the master's counter (a
-/// [`SeqWatch`]) *before* calling this: once `boots` says BOOT the master may
-/// ring at any time.
+/// Remote: runs its half of the handshake and returns the master's `base`:
+/// [`remote_announce`] then [`remote_ready`] (NuttX's simulator order).
 pub fn remote_boot<E: From<ShmError>>(
+    region: &Region,
+    wait: impl FnMut() -> Result<(), E>,
+) -> Result<u64, E> {
+    let base = remote_announce(region, wait)?;
+    remote_ready(region)?;
+    Ok(base)
+}
+
+/// Remote, first half: if a previous incarnation of the remote was up
+/// (`boots & OK`), tells the master to reboot (`bootm = NEED_RESET`); sets
+/// `boots = BOOT`; waits for `bootm & OK`; returns the master's `base`.
+///
+/// Read the master's counter (a [`SeqWatch`]) *before* calling this: once
+/// `boots` says BOOT the master may ring at any time.
+pub fn remote_announce<E: From<ShmError>>(
     region: &Region,
     wait: impl FnMut() -> Result<(), E>,
 ) -> Result<u64, E> {
@@ -152,9 +162,23 @@ pub fn remote_boot<E: From<ShmError>>(
     }
     region.store_u32(BOOTS, BOOT)?;
     wait_bits(region, BOOTM, OK, wait)?;
-    let base = region.read_u64(BASE)?;
-    region.store_u32(BOOTS, OK)?;
-    Ok(base)
+    Ok(region.read_u64(BASE)?)
+}
+
+/// Remote, second half: `boots = OK` (this side has taken the master's
+/// table; [`ShmemRemote`] calls it once the table is adopted, so that a
+/// master waiting in [`master_wait_ready`] does not post a mailbox command
+/// into a table the remote has not parsed yet).
+pub fn remote_ready(region: &Region) -> Result<(), ShmError> {
+    region.store_u32(BOOTS, OK)
+}
+
+/// Master, optional third step: waits for `boots & OK` (the remote is up).
+pub fn master_wait_ready<E: From<ShmError>>(
+    region: &Region,
+    wait: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    wait_bits(region, BOOTS, OK, wait)
 }
 
 /// True (and the flag cleared) if the peer asked this side to reboot:
@@ -269,9 +293,9 @@ impl SeqWatch {
 /// (or a test's) half of the handshake, the master's table, counter
 /// doorbells.
 ///
-/// `resource_table` runs [`remote_boot`] (so the master's table is complete
-/// when the instance adopts it) and learns `base`; `start`/`stop` do
-/// nothing (the remote is already running). `W` is the boot wait: sleep a
+/// `resource_table` runs [`remote_announce`] (so the master's table is
+/// complete when the instance adopts it) and learns `base`; `start` (after
+/// the adoption) sets `boots = OK` ([`remote_ready`]); `stop` does nothing. `W` is the boot wait: sleep a
 /// little, `Err` to give up.
 pub struct ShmemRemote<W> {
     region: Region,
@@ -351,7 +375,7 @@ impl<W: FnMut() -> Result<(), ShmemError>> Platform for ShmemRemote<W> {
     }
 
     fn resource_table(&mut self) -> Result<TableLocation, PlatformError> {
-        let base = remote_boot(&self.region, &mut self.wait).map_err(platform_error)?;
+        let base = remote_announce(&self.region, &mut self.wait).map_err(platform_error)?;
         link_map(base, self.region.len()).map_err(platform_error)?;
         self.base = Some(base);
         Ok(TableLocation {
@@ -370,7 +394,7 @@ impl<W: FnMut() -> Result<(), ShmemError>> Platform for ShmemRemote<W> {
     }
 
     fn start(&mut self) -> Result<(), PlatformError> {
-        Ok(())
+        remote_ready(&self.region).map_err(|_| PlatformError::Failed("write the boot word"))
     }
 
     fn stop(&mut self) -> Result<(), PlatformError> {
@@ -430,6 +454,24 @@ mod tests {
             assert!(take_need_reset(&r, false).unwrap());
             assert!(!take_need_reset(&r, false).unwrap());
         }
+    }
+
+    #[test]
+    fn the_master_can_wait_until_the_remote_took_the_table() {
+        let r = Region::new_heap(4096);
+        master_publish(&r, &[0; 16], 0x2000).unwrap();
+        let r2 = r.clone();
+        let remote = std::thread::spawn(move || {
+            let base = remote_announce(&r2, sleeper(20)).unwrap();
+            // ... the remote parses the table here ...
+            std::thread::sleep(Duration::from_millis(20));
+            remote_ready(&r2).unwrap();
+            base
+        });
+        master_wait_remote(&r, sleeper(20)).unwrap();
+        master_wait_ready(&r, sleeper(20)).unwrap();
+        assert_eq!(r.load_u32(BOOTS).unwrap(), OK);
+        assert_eq!(remote.join().unwrap(), 0x2000);
     }
 
     #[test]
