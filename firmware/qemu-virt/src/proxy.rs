@@ -29,7 +29,7 @@ use rptun::rpmsg::{Bus, Link, LinkId, LocalCpu, RemoteCpu, ServiceConfig};
 use rptun::shm::Region;
 
 use crate::hw::sync::SpinLock;
-use crate::hw::{heap, psci, timer};
+use crate::hw::{heap, idle, psci, timer};
 
 /// How often the master's doorbell counter is read, microseconds.
 pub const POLL_PERIOD_US: u64 = ivshmem::POLL_PERIOD_US;
@@ -78,6 +78,11 @@ enum Next {
 
 /// Runs the remote until the master stops it, then powers off.
 pub fn run(shm: Region) -> ! {
+    if idle::init() {
+        log::info!("idle: WFI on the generic timer (GICv2)");
+    } else {
+        log::info!("idle: no GICv2 found, polling with a busy-wait");
+    }
     let master = RemoteCpuName::new(ivshmem::MASTER_CPU).expect("a valid constant name");
     let mut last_log = timer::now();
     let boot_wait = move || -> Result<(), ShmemError> {
@@ -85,7 +90,7 @@ pub fn run(shm: Region) -> ! {
             log::info!("still waiting for the master ({})", ivshmem::MASTER_CPU);
             last_log = timer::now();
         }
-        timer::delay_us(1000);
+        idle::sleep_us(1000);
         Ok(())
     };
     let platform = ShmemRemote::new(shm.clone(), master, ivshmem::TABLE_MAX, boot_wait);
@@ -123,7 +128,7 @@ pub fn run(shm: Region) -> ! {
         if let Err(e) = instance.start() {
             log::error!("rptun start failed: {e}; retrying in 1 s");
             sync_links(&links, &mut bus, &mut attached);
-            timer::delay_us(1_000_000);
+            idle::sleep_us(1_000_000);
             continue;
         }
         let (used, free) = heap::usage();
@@ -204,7 +209,7 @@ fn serve<P: Platform>(
             log::info!("the master restarted");
             return Next::Restart;
         }
-        timer::delay_us(POLL_PERIOD_US);
+        idle::sleep_us(POLL_PERIOD_US);
     }
 }
 

@@ -14,12 +14,14 @@
 //! - [`timer`]: the ARM generic timer;
 //! - [`psci`]: power off;
 //! - [`heap`]: the global allocator over a static arena;
+//! - [`idle`]: sleeping in WFI until the generic timer fires (GICv2);
 //! - [`sync`]: a spin lock for state shared through `Sync` statics or `Arc`s.
 #![allow(unsafe_code)]
 
 pub mod boot;
 pub mod exceptions;
 pub mod heap;
+pub mod idle;
 pub mod mmu;
 pub mod pci;
 pub mod psci;
