@@ -15,8 +15,8 @@
 //! - [`Qemu`]: a QEMU child process whose UART output goes to a sink.
 //!
 //! Everything is bounded: the handshake by `boot_timeout`, a stop by
-//! `stop_timeout`; dropping the platform kills QEMU and (if this process
-//! created it) removes the shared-memory object.
+//! `stop_timeout`; dropping the platform kills QEMU and removes the
+//! shared-memory object (if this process created it or ran QEMU on it).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -439,7 +439,10 @@ impl Drop for IvshmemMaster {
         if let Some(mut q) = self.qemu.take() {
             q.kill();
         }
-        if self.shm.created() {
+        // The object is this link's: remove it when this process created it,
+        // or when it ran the QEMU that used it (a file left behind by an
+        // interrupted run is adopted by the next one, and removed then).
+        if self.shm.created() || self.cfg.qemu.is_some() {
             let _ = self.shm.unlink();
         }
     }
