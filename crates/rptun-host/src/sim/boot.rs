@@ -75,8 +75,8 @@ pub fn take_need_reset(region: &Region, master: bool) -> Result<bool, ShmError> 
     shmem::take_need_reset(region, master)
 }
 
-/// A wait of 1 ms per call that gives up at `timeout` or when `keep_going`
-/// says so.
+/// A wait of 1 ms per call (10 ms after the first 200 ms) that gives up at
+/// `timeout` or when `keep_going` says so.
 fn waiter(
     timeout: Duration,
     peer: &'static str,
@@ -93,7 +93,14 @@ fn waiter(
         if !keep_going() {
             return Err(BootError::Cancelled);
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Fast while a handshake is likely in progress, then gentle: a side
+        // that waits minutes for its peer costs almost nothing.
+        let nap = if start.elapsed() < Duration::from_millis(200) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        std::thread::sleep(nap);
         Ok(())
     }
 }
