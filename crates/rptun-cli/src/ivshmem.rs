@@ -29,7 +29,7 @@ use rptun_host::ivshmem::{
     UartSink,
 };
 
-use crate::shell::{arg, Flow, Shell};
+use crate::shell::{arg, failed, Flow, Shell};
 
 /// Where `cargo build --release` in firmware/qemu-virt puts the image.
 const DEFAULT_FIRMWARE: &str = concat!(
@@ -268,9 +268,9 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
                 .filter(|c| cpu_matches(cpu, c.as_str()))
                 .collect();
             if cpus.is_empty() {
-                return Err(format!(
+                return Err(failed(format!(
                     "no rpmsg link to `{cpu}` (is the firmware up? see `rptun dump all`)"
-                ));
+                )));
             }
             let mut wait = CounterClock::new(node.region(), period);
             for c in cpus {
@@ -306,7 +306,7 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
                     Some(d) => {
                         let _ = write!(o, "{d}");
                     }
-                    None => return Err(format!("no rpmsg link to `{cpu}`")),
+                    None => return Err(failed(format!("no rpmsg link to `{cpu}`"))),
                 }
             }
             Ok(())
@@ -345,7 +345,7 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
                 }
             }
             if !any {
-                return Err(format!("no rpmsg link to `{cpu}`"));
+                return Err(failed(format!("no rpmsg link to `{cpu}`")));
             }
             Ok(())
         },
@@ -375,9 +375,9 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
             let mut g = lock(&n);
             let remote = g.instance.remote_cpu();
             if !cpu_matches(cpu, remote.as_str()) {
-                return Err(format!(
+                return Err(failed(format!(
                     "no remote cpu `{cpu}`; this link's remote is `{remote}`"
-                ));
+                )));
             }
             let r = match word {
                 "start" => g.start(),
@@ -466,9 +466,9 @@ fn shell(node: Arc<Mutex<IvshmemNode>>, period: Duration) -> Shell<'static> {
             let end = deadline(&mut clock, Duration::from_secs(10));
             let count = node.rngs().len();
             let Some((_, rng)) = node.rngs().get_mut(idx) else {
-                return Err(format!(
+                return Err(failed(format!(
                     "no {dev}: the remote serves {count} virtio-rng device(s) (is the link up?)"
-                ));
+                )));
             };
             let mut buf = vec![0u8; len];
             let r = rng.read(&mut buf, || {
