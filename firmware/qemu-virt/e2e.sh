@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end test of rptun over ivshmem: the host (`rptun ivshmem`, master)
-# boots the rptun firmware (remote, "proxy") in QEMU and drives it through
-# its shell:
+# End-to-end test of rptun over ivshmem: the host (`rptun ivshmem`, master:
+# the simulator server's node and shell) boots the rptun firmware (remote,
+# "proxy") in QEMU and drives it through the shell:
 #
 #   1. boot, handshake, rpmsg link up;
 #   2. rpmsg ping with ACK and data check at 17 and 1520 bytes;
@@ -68,15 +68,15 @@ UART=$TMP/uart.log
 COMMANDS='rpmsg ping all 10 17 3 0
 rpmsg ping all 10 1520 3 0
 rpmsg test all
-sleep 300
-hexdump /dev/random1 64
+hexdump /dev/random1 count=64
 rptun stop all
 rptun dump all
 rptun start all
 rpmsg ping all 5 1520 3 0
-rptun reset all
+rptun reset proxy 0
 rpmsg ping all 5 1520 3 0
-rptun dump all'
+rptun dump all
+ls /dev'
 start=$(date +%s)
 timeout -k 5 300 "$RPTUN" ivshmem --shm "$SHM" --firmware "$ELF" --uart-log "$UART" \
     --boot-timeout 60 -c "$COMMANDS" </dev/null >"$OUT" 2>&1
@@ -104,7 +104,7 @@ section() { # section CMD N
 check_ping() { # check_ping CMD N LEN TIMES
     local s
     s=$(section "$1" "$2")
-    if grep -q "FAILED" <<<"$s"; then bad "$1 (#$2): $(grep FAILED <<<"$s" | head -1)"; return; fi
+    if grep -q "^rpmsg ping:" <<<"$s"; then bad "$1 (#$2): $(grep '^rpmsg ping:' <<<"$s" | head -1)"; return; fi
     if grep -q "^ping times: $4$" <<<"$s" && grep -q "send_len: $3$" <<<"$s" \
         && grep -q "^buffer_len: 1520," <<<"$s"; then
         ok "$1 (#$2): $4 round trips of $3 bytes with ACK and data check"
@@ -117,13 +117,14 @@ check_ping "rpmsg ping all 10 17 3 0" 1 17 10
 check_ping "rpmsg ping all 10 1520 3 0" 1 1520 10
 
 s=$(section "rpmsg test all" 1)
-if grep -q "rpmsg test proxy: sent 8 buffers" <<<"$s"; then ok "rpmsg test: 8 buffers sent"
+if grep -q "rpmsg test proxy: sent 8 buffers; .*released them all: PASS" <<<"$s"; then
+    ok "rpmsg test: 8 buffers sent, held and all released"
 else bad "rpmsg test: $s"; fi
 if grep -q "rpmsg-test: released 8 held rx buffers, 0 check errors" "$UART"; then
     ok "rpmsg test: the firmware held and released 8 buffers, data intact"
 else bad "rpmsg test: no release report from the firmware"; fi
 
-s=$(section "hexdump /dev/random1 64" 1)
+s=$(section "hexdump /dev/random1 count=64" 1)
 lines=$(grep -Ec '^[0-9a-f]{4}: ([0-9a-f]{2} ){16}' <<<"$s")
 if [ "$lines" -eq 4 ]; then
     if [ "$(grep -Eo '([0-9a-f]{2} ){16}' <<<"$s" | sort -u | wc -l)" -gt 1 ]; then
@@ -132,18 +133,23 @@ if [ "$lines" -eq 4 ]; then
 else bad "hexdump /dev/random1: expected 4 lines of 16 bytes, got: $s"; fi
 
 s=$(section "rptun stop all" 1)
-if grep -q "rptun stop proxy: ok" <<<"$s"; then ok "rptun stop: ok"; else bad "rptun stop: $s"; fi
-if grep -q "remote proxy: stopped" <<<"$(section "rptun dump all" 1)"; then ok "stopped link reported"
+if grep -q "^proxy stopped$" <<<"$s"; then ok "rptun stop: ok"; else bad "rptun stop: $s"; fi
+if grep -q "state stopped" <<<"$(section "rptun dump all" 1)"; then ok "stopped link reported"
 else bad "rptun dump after stop: not stopped"; fi
 s=$(section "rptun start all" 1)
-if grep -q "rptun start proxy: ok" <<<"$s"; then ok "rptun start: the firmware booted again"
+if grep -q "proxy started; link up" <<<"$s"; then ok "rptun start: the firmware booted again"
 else bad "rptun start: $s"; fi
 check_ping "rpmsg ping all 5 1520 3 0" 1 1520 5
-s=$(section "rptun reset all" 1)
-if grep -q "rptun reset proxy: ok" <<<"$s"; then ok "rptun reset: ok"; else bad "rptun reset: $s"; fi
+s=$(section "rptun reset proxy 0" 1)
+if grep -q "proxy reset (value 0); link up again" <<<"$s"; then ok "rptun reset: ok"; else bad "rptun reset: $s"; fi
 check_ping "rpmsg ping all 5 1520 3 0" 2 1520 5
-if grep -q "remote proxy: running" <<<"$(section "rptun dump all" 2)"; then ok "link running after reset"
+if grep -q "state running" <<<"$(section "rptun dump all" 2)"; then ok "link running after reset"
 else bad "rptun dump after reset: not running"; fi
+
+s=$(section "ls /dev" 1)
+if grep -qx " random1" <<<"$s" && grep -qx " rpmsg/proxy" <<<"$s"; then
+    ok "ls /dev: the simulator's shell sees /dev/random1 and /dev/rpmsg/proxy"
+else bad "ls /dev: $s"; fi
 
 boots=$(grep -c '^\[proxy\] rptun proxy firmware ' "$UART")
 if [ "$boots" -eq 2 ]; then ok "the firmware booted twice (start, then start after stop)"

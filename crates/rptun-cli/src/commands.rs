@@ -1,5 +1,7 @@
-//! Shell commands both sides of the simulator have: `rpmsg ping|dump|test`,
-//! `rptun dump`, `ls`, `uname`, `ps`, `echo`, `sleep`, `log`.
+//! Shell commands shared by the simulator's two sides and `rptun ivshmem`:
+//! `rpmsg ping|dump|test`, `rptun dump`, `ls`, `uname`, `ps`, `echo`,
+//! `sleep`, `log`; the master's `rptun start|stop|reset|panic` and
+//! `hexdump /dev/random*`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -131,6 +133,148 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         move |_a, o| {
             let text = n.call(|n| n.rptun_dump()).map_err(failed)?;
             let _ = write!(o, "{text}");
+            Ok(())
+        },
+    );
+}
+
+/// `rptun start|stop|reset|panic`: the master's commands that drive the
+/// remoteproc link to the remote cpu `proxy`. `start` brings the remote up
+/// (spawns the simulator's proxy, boots QEMU...) and returns the line to
+/// print.
+pub fn add_rptun<'a>(
+    sh: &mut Shell<'a>,
+    handle: &NodeHandle,
+    mut start: impl FnMut() -> Result<String, String> + 'a,
+) {
+    let which = |a: &[&str]| -> Result<(), CmdError> {
+        match a.first().copied() {
+            Some("proxy") | Some("all") => Ok(()),
+            Some(c) => Err(failed(format!("no remote cpu `{c}`; known: proxy"))),
+            None => Err("missing argument <cpu|all>".into()),
+        }
+    };
+    sh.add(
+        "rptun start",
+        "<cpu|all>",
+        "start the remote cpu (spawns the proxy, or boots QEMU, if it is not running)",
+        move |a, o| {
+            which(a)?;
+            let msg = start().map_err(failed)?;
+            let _ = writeln!(o, "{msg}");
+            Ok(())
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun stop",
+        "<cpu|all>",
+        "stop the remote cpu (vdevs removed, STOP through the mailbox)",
+        move |a, o| {
+            which(a)?;
+            let acked = node
+                .call(|n| n.stop_link(Duration::from_secs(2)))
+                .map_err(failed)?
+                .map_err(failed)?;
+            if acked {
+                let _ = writeln!(o, "proxy stopped");
+            } else {
+                let _ = writeln!(
+                    o,
+                    "proxy stopped (it did not acknowledge STOP within 2 s: is it running?)"
+                );
+            }
+            Ok(())
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun reset",
+        "<cpu> <val>",
+        "reset the remote cpu with a value (RESET through the mailbox); it reboots",
+        move |a, o| {
+            if a.first() == Some(&"all") {
+                return Err("reset takes one cpu: `rptun reset proxy <val>`".into());
+            }
+            which(a)?;
+            let val: u16 = arg(a, 1, "val")?;
+            let before = node.call(|n| n.session()).map_err(failed)?;
+            let acked = node
+                .call(move |n| n.reset_link(val, Duration::from_secs(2)))
+                .map_err(failed)?
+                .map_err(failed)?;
+            if !acked {
+                return Err(failed(
+                    "proxy did not acknowledge RESET within 2 s; is it running? (`rptun dump`)",
+                ));
+            }
+            let back = node
+                .call(move |n| {
+                    n.wait_until(Duration::from_secs(5), |n| {
+                        n.peer_ready() && n.session() != before
+                    })
+                })
+                .map_err(failed)?;
+            if back {
+                let _ = writeln!(o, "proxy reset (value {val}); link up again");
+                Ok(())
+            } else {
+                Err(failed(
+                    "proxy acknowledged RESET but the link did not come back within 5 s; see \
+                     `rptun dump`",
+                ))
+            }
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun panic",
+        "<cpu>",
+        "make the remote cpu panic (PANIC through the mailbox); it halts",
+        move |a, o| {
+            if a.first() == Some(&"all") {
+                return Err("panic takes one cpu: `rptun panic proxy`".into());
+            }
+            which(a)?;
+            node.call(|n| n.panic_link())
+                .map_err(failed)?
+                .map_err(failed)?;
+            let _ = writeln!(
+                o,
+                "proxy panicked; the link is down until `rptun start proxy`"
+            );
+            Ok(())
+        },
+    );
+}
+
+/// `hexdump /dev/random|/dev/random1|/dev/zero [count=N]`: entropy from the
+/// remote's virtio-rng devices.
+pub fn add_hexdump(sh: &mut Shell<'_>, node: &NodeHandle) {
+    let n = node.clone();
+    sh.add(
+        "hexdump",
+        "<file> [count=N]",
+        "dump bytes of /dev/random (rng0) or /dev/random1 (rng1): entropy from the proxy",
+        move |a, o| {
+            let path = a.first().copied().ok_or("missing argument <file>")?;
+            let count = count_arg(&a[1..])?;
+            let data = match path {
+                "/dev/random" | "/dev/random1" => {
+                    let index = usize::from(path == "/dev/random1");
+                    n.call(move |n| n.read_random(index, count))
+                        .map_err(failed)?
+                        .map_err(failed)?
+                }
+                "/dev/zero" => vec![0u8; count],
+                other => {
+                    return Err(format!(
+                        "no such device `{other}`; try /dev/random or /dev/random1 (`ls /dev`)"
+                    )
+                    .into())
+                }
+            };
+            hexdump(o, path, &data);
             Ok(())
         },
     );

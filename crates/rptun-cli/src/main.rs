@@ -80,7 +80,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Sim(a) => sim::run(&a),
         Cmd::Proxy(a) => proxy::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::Bench(a) => bench::run(&a).map(|()| std::process::ExitCode::SUCCESS),
-        Cmd::Ivshmem(a) => ivshmem::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::Ivshmem(a) => ivshmem::run(&a),
         Cmd::Openamp(a) => openamp::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::BenchPeer { kind, shm, rest } => {
             bench::peer(&kind, &shm, &rest).map(|()| std::process::ExitCode::SUCCESS)

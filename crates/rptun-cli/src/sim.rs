@@ -30,8 +30,8 @@ use rptun_host::sim::layout::{SHM_NAME, SHM_SIZE};
 use rptun_host::sim::liveness::{self, Beacon, Presence};
 use rptun_host::sim::node::{Node, NodeConfig, NodeHandle, NodeHooks};
 
-use crate::commands::{self, count_arg, hexdump};
-use crate::shell::{arg, failed, CmdError, Flow, Shell};
+use crate::commands;
+use crate::shell::{failed, Flow, Shell};
 
 /// Options of `rptun sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -226,138 +226,8 @@ impl Supervisor {
     }
 }
 
-/// The `rptun` shell commands of the server (those that drive the
-/// remoteproc link).
-fn add_rptun<'a>(sh: &mut Shell<'a>, sup: &'a RefCell<Supervisor>) {
-    let which = |a: &[&str]| -> Result<(), CmdError> {
-        match a.first().copied() {
-            Some("proxy") | Some("all") => Ok(()),
-            Some(c) => Err(failed(format!("no remote cpu `{c}`; known: proxy"))),
-            None => Err("missing argument <cpu|all>".into()),
-        }
-    };
-    sh.add(
-        "rptun start",
-        "<cpu|all>",
-        "start the remote cpu (spawns the proxy if it is not running)",
-        move |a, o| {
-            which(a)?;
-            let msg = sup.borrow_mut().start().map_err(failed)?;
-            let _ = writeln!(o, "{msg}");
-            Ok(())
-        },
-    );
-    sh.add(
-        "rptun stop",
-        "<cpu|all>",
-        "stop the remote cpu (vdevs removed, STOP through the mailbox)",
-        move |a, o| {
-            which(a)?;
-            let node = sup.borrow().node.clone();
-            let acked = node
-                .call(|n| n.stop_link(Duration::from_secs(2)))
-                .map_err(failed)?
-                .map_err(failed)?;
-            if acked {
-                let _ = writeln!(o, "proxy stopped");
-            } else {
-                let _ = writeln!(
-                    o,
-                    "proxy stopped (it did not acknowledge STOP within 2 s: is it running?)"
-                );
-            }
-            Ok(())
-        },
-    );
-    sh.add(
-        "rptun reset",
-        "<cpu> <val>",
-        "reset the remote cpu with a value (RESET through the mailbox); it reboots",
-        move |a, o| {
-            if a.first() == Some(&"all") {
-                return Err("reset takes one cpu: `rptun reset proxy <val>`".into());
-            }
-            which(a)?;
-            let val: u16 = arg(a, 1, "val")?;
-            let node = sup.borrow().node.clone();
-            let before = node.call(|n| n.session()).map_err(failed)?;
-            let acked = node
-                .call(move |n| n.reset_link(val, Duration::from_secs(2)))
-                .map_err(failed)?
-                .map_err(failed)?;
-            if !acked {
-                return Err(failed(
-                    "proxy did not acknowledge RESET within 2 s; is it running? (`rptun dump`)",
-                ));
-            }
-            let back = node
-                .call(move |n| {
-                    n.wait_until(Duration::from_secs(5), |n| {
-                        n.peer_ready() && n.session() != before
-                    })
-                })
-                .map_err(failed)?;
-            if back {
-                let _ = writeln!(o, "proxy reset (value {val}); link up again");
-                Ok(())
-            } else {
-                Err(failed(
-                    "proxy acknowledged RESET but the link did not come back within 5 s; see \
-                     `rptun dump`",
-                ))
-            }
-        },
-    );
-    sh.add(
-        "rptun panic",
-        "<cpu>",
-        "make the remote cpu panic (PANIC through the mailbox); it halts",
-        move |a, o| {
-            if a.first() == Some(&"all") {
-                return Err("panic takes one cpu: `rptun panic proxy`".into());
-            }
-            which(a)?;
-            let node = sup.borrow().node.clone();
-            node.call(|n| n.panic_link())
-                .map_err(failed)?
-                .map_err(failed)?;
-            let _ = writeln!(
-                o,
-                "proxy panicked; the link is down until `rptun start proxy`"
-            );
-            Ok(())
-        },
-    );
-}
-
 fn add_devices<'a>(sh: &mut Shell<'a>, node: &NodeHandle, cu: &'a Cell<bool>) {
-    let n = node.clone();
-    sh.add(
-        "hexdump",
-        "<file> [count=N]",
-        "dump bytes of /dev/random (rng0) or /dev/random1 (rng1): entropy from the proxy",
-        move |a, o| {
-            let path = a.first().copied().ok_or("missing argument <file>")?;
-            let count = count_arg(&a[1..])?;
-            let data = match path {
-                "/dev/random" | "/dev/random1" => {
-                    let index = usize::from(path == "/dev/random1");
-                    n.call(move |n| n.read_random(index, count))
-                        .map_err(failed)?
-                        .map_err(failed)?
-                }
-                "/dev/zero" => vec![0u8; count],
-                other => {
-                    return Err(format!(
-                        "no such device `{other}`; try /dev/random or /dev/random1 (`ls /dev`)"
-                    )
-                    .into())
-                }
-            };
-            hexdump(o, path, &data);
-            Ok(())
-        },
-    );
+    commands::add_hexdump(sh, node);
     let n = node.clone();
     sh.add(
         "cu",
@@ -588,7 +458,7 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
         let cu_req = Cell::new(false);
         let mut sh = Shell::new();
         commands::add_rpmsg(&mut sh, &node);
-        add_rptun(&mut sh, &sup);
+        commands::add_rptun(&mut sh, &node, || sup.borrow_mut().start());
         commands::add_system(&mut sh, &node, "server", "rpserver");
         add_devices(&mut sh, &node, &cu_req);
 

@@ -1,25 +1,32 @@
-//! The ivshmem master (`IvshmemNode` over `IvshmemMaster`, without QEMU)
-//! against a remote built like the firmware (`ShmemRemote`, rpmsg device
-//! role, ping service) running in a thread on the same /dev/shm object:
-//! boot handshake, pings with data check at 17 and 1520 bytes, a restart of
-//! the remote's link, and STOP through the mailbox.
+//! The ivshmem master (the simulator's node with the ivshmem settings and a
+//! [`RemoteRunner`], as `rptun ivshmem` runs it, but with a thread instead of
+//! QEMU) against a remote built like the firmware (`ShmemRemote`, rpmsg
+//! device role, ping service) on the same /dev/shm object: the runner starts
+//! the remote, boot handshake, pings with data check at 17 and 1520 bytes, a
+//! restart of the remote's link (the remote keeps running), STOP through the
+//! mailbox, and a remote that dies marks the link crashed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rptun::remoteproc::instance::State;
 use rptun::remoteproc::instance::{Event, Instance};
 use rptun::remoteproc::mailbox::Command;
 use rptun::remoteproc::platform::{Doorbell, RemoteCpuName};
 use rptun::remoteproc::registry::Registry;
 use rptun::remoteproc::rpmsg_vdev::{register_device, DeviceLink, LinkEvent, LinkSink};
 use rptun::remoteproc::shmem::{self, ivshmem, SeqNotifier, SeqWatch, ShmemError, ShmemRemote};
-use rptun::rpmsg::services::ping::{ping_cpu, PingParams, PingService};
+use rptun::rpmsg::services::ping::PingParams;
+use rptun::rpmsg::services::ping::PingService;
 use rptun::rpmsg::virtio::RpmsgVirtioOptions;
-use rptun::rpmsg::{Bus, Link, LinkId, LocalCpu, RemoteCpu, ServiceConfig, ADDR_ANY};
-use rptun_host::ivshmem::{run_poller, CounterClock, IvshmemConfig, IvshmemMaster, IvshmemNode};
-use rptun_host::shm::{exists, ShmObject};
+use rptun::rpmsg::{Bus, Link, LinkId, LocalCpu, RemoteCpu, ServiceConfig};
+use rptun::shm::Region;
+use rptun_host::ivshmem::{node_config, post_stop};
+use rptun_host::shm::{exists, unlink, ShmObject};
+use rptun_host::sim::node::{Node, NodeHandle, NodeHooks};
+use rptun_host::sim::platform::RemoteRunner;
 
 type Dev = DeviceLink<SeqNotifier, 8>;
 
@@ -149,96 +156,155 @@ fn remote(name: String, quit: Arc<AtomicBool>, restart: Arc<AtomicBool>) -> Join
     })
 }
 
-fn lock(n: &Arc<Mutex<IvshmemNode>>) -> std::sync::MutexGuard<'_, IvshmemNode> {
-    n.lock().unwrap()
+/// The test's stand-in for QEMU: runs [`remote`] in a thread.
+struct ThreadRunner {
+    name: String,
+    quit: Arc<AtomicBool>,
+    restart: Arc<AtomicBool>,
+    thread: Option<JoinHandle<RemoteLog>>,
+    logs: Arc<Mutex<Vec<RemoteLog>>>,
+    starts: Arc<AtomicUsize>,
+    stops: Arc<AtomicUsize>,
 }
 
-/// Pings the remote once the ping endpoints are bound (bounded wait).
-fn ping(node: &Arc<Mutex<IvshmemNode>>, len: usize) -> rptun::rpmsg::services::ping::PingReport {
-    let cpu = RemoteCpu::new("proxy").unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        {
-            let mut g = lock(node);
-            let n = &mut *g;
-            let ping = n.ping;
-            if let Some(lid) = n.bus.link_by_cpu(&cpu) {
-                let bound = n
-                    .bus
-                    .service_and_link_mut(&ping, lid)
-                    .is_some_and(|(s, l)| {
-                        s.endpoint(lid)
-                            .and_then(|e| l.endpoint(e))
-                            .is_some_and(|i| i.dest != ADDR_ANY)
-                    });
-                if bound {
-                    let mut wait = CounterClock::new(n.region(), Duration::from_micros(100));
-                    let params = PingParams::new(10, len)
-                        .check(true)
-                        .timeout(Duration::from_secs(10));
-                    return ping_cpu(&mut n.bus, &ping, &cpu, &params, &mut wait).unwrap();
-                }
-            }
+impl ThreadRunner {
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.logs.lock().unwrap().push(t.join().unwrap());
         }
-        assert!(Instant::now() < end, "the ping endpoints never bound");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
+impl RemoteRunner for ThreadRunner {
+    fn start(&mut self, _region: &Region) -> Result<(), String> {
+        if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        self.join();
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        self.quit.store(false, Ordering::Relaxed);
+        self.thread = Some(remote(
+            self.name.clone(),
+            self.quit.clone(),
+            self.restart.clone(),
+        ));
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        if self.thread.as_ref()?.is_finished() {
+            self.join();
+            return Some("the remote thread ended".into());
+        }
+        None
+    }
+
+    fn stop(&mut self, region: &Region) {
+        self.stops.fetch_add(1, Ordering::Relaxed);
+        if self.thread.is_none() {
+            return;
+        }
+        post_stop(region);
+        let end = Instant::now() + Duration::from_secs(20);
+        while !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            assert!(Instant::now() < end, "the remote did not stop on STOP");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.join();
+    }
+
+    fn timeout_hint(&self, secs: u64) -> String {
+        format!("the remote thread did not answer within {secs} s")
+    }
+}
+
+fn ping(node: &NodeHandle, len: usize) -> rptun::rpmsg::services::ping::PingReport {
+    let p = PingParams::new(10, len)
+        .check(true)
+        .timeout(Duration::from_secs(10));
+    node.call(move |n| n.ping("proxy", &p)).unwrap().unwrap()
+}
+
 #[test]
-fn master_and_firmware_like_remote_ping_restart_and_stop() {
+fn the_simulator_node_runs_a_firmware_like_remote_over_ivshmem() {
     let name = format!("rptun-ivshmem-test-{}", std::process::id());
-    let cfg = IvshmemConfig {
-        shm_name: name.clone(),
-        boot_timeout: Duration::from_secs(30),
-        ..IvshmemConfig::default()
-    };
-    let master = IvshmemMaster::new(cfg).unwrap();
     let quit = Arc::new(AtomicBool::new(false));
     let restart = Arc::new(AtomicBool::new(false));
-    let remote = remote(name.clone(), quit.clone(), restart.clone());
-    let node = Arc::new(Mutex::new(IvshmemNode::new(master)));
-    lock(&node).start().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let poller = run_poller(
-        node.clone(),
-        stop.clone(),
-        Duration::from_micros(100),
-        Duration::from_millis(5),
-        |_| {},
-    );
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let starts = Arc::new(AtomicUsize::new(0));
+    let stops = Arc::new(AtomicUsize::new(0));
+    let runner = ThreadRunner {
+        name: name.clone(),
+        quit: quit.clone(),
+        restart: restart.clone(),
+        thread: None,
+        logs: logs.clone(),
+        starts: starts.clone(),
+        stops: stops.clone(),
+    };
+    let shm = ShmObject::open_or_create(&name, ivshmem::SHM_SIZE).unwrap();
+    let cfg = node_config(Duration::from_micros(100), Duration::from_secs(30));
+    let mut node = Node::new(cfg, NodeHooks::default(), shm).unwrap();
+    node.reset_boot_words(true);
+    node.set_runner(Box::new(runner));
+    let node = NodeHandle::spawn(node).unwrap();
 
+    // The runner starts the remote once the table is published.
+    node.call(|n| n.start_link()).unwrap().unwrap();
+    assert_eq!(starts.load(Ordering::Relaxed), 1);
+    assert!(node
+        .call(|n| n.wait_until(Duration::from_secs(20), |n| n.peer_ready()))
+        .unwrap());
     for len in [17, 1520] {
         let r = ping(&node, len);
         assert_eq!((r.times, r.send_len, r.buffer_len), (10, len, 1520));
     }
 
     // The remote restarts its link (as RESET makes the firmware do): the
-    // master notices NEED_RESET, runs the handshake again, and the link
-    // comes back.
+    // node notices NEED_RESET and runs the handshake again without stopping
+    // the remote, and the link comes back.
+    let before = node.call(|n| n.session()).unwrap();
     restart.store(true, Ordering::Relaxed);
-    let end = Instant::now() + Duration::from_secs(20);
-    while !(lock(&node).remote_restarts() == 1 && lock(&node).rpmsg_up()) {
-        assert!(Instant::now() < end, "the master never restarted the link");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(node
+        .call(
+            move |n| n.wait_until(Duration::from_secs(20), |n| n.peer_ready()
+                && n.session() != before)
+        )
+        .unwrap());
     assert_eq!(ping(&node, 1520).send_len, 1520);
+    assert_eq!(
+        stops.load(Ordering::Relaxed),
+        0,
+        "a restart stopped the remote"
+    );
+    assert_eq!(
+        starts.load(Ordering::Relaxed),
+        1,
+        "a restart started another remote"
+    );
 
-    // Without QEMU the master stops the remote through the mailbox.
-    stop.store(true, Ordering::Relaxed);
-    poller.join().unwrap();
-    lock(&node).stop().unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while !remote.is_finished() {
-        // The remote needs the master's ACK poll to see nothing else; just
-        // give it time (bounded).
-        assert!(Instant::now() < end, "the remote did not stop on STOP");
-        std::thread::sleep(Duration::from_millis(5));
+    // Stop: the runner posts STOP, the remote obeys and ends.
+    assert!(node
+        .call(|n| n.stop_link(Duration::from_secs(2)))
+        .unwrap()
+        .unwrap());
+    assert_eq!(stops.load(Ordering::Relaxed), 1);
+    {
+        let logs = logs.lock().unwrap();
+        assert_eq!(logs.len(), 1);
+        assert!(logs[0].stopped_by_master, "{:?}", logs[0]);
+        assert_eq!(logs[0].links_up, 2, "{:?}", logs[0]);
     }
-    let log = remote.join().unwrap();
-    assert!(log.stopped_by_master, "{log:?}");
-    assert_eq!(log.links_up, 2, "{log:?}");
-    drop(node);
-    assert!(!exists(&name), "the master removes the object it created");
+
+    // Started again; then the remote dies on its own (QEMU exits): the node
+    // marks the link crashed.
+    node.call(|n| n.start_link()).unwrap().unwrap();
+    assert_eq!(starts.load(Ordering::Relaxed), 2);
     quit.store(true, Ordering::Relaxed);
+    assert!(node
+        .call(|n| n.wait_until(Duration::from_secs(20), |n| n.state() == State::Crashed))
+        .unwrap());
+    node.shutdown();
+    let _ = unlink(&name);
+    assert!(!exists(&name));
 }

@@ -61,6 +61,17 @@ pub fn master_wait_remote(
     shmem::master_wait_remote(region, waiter(timeout, "remote (proxy)", keep_going))
 }
 
+/// Master, optional third step: waits for `boots & OK` (the remote adopted
+/// the table). Needed before the command mailbox carries anything when the
+/// remote sets BOOT before it has parsed the table (the QEMU firmware does).
+pub fn master_wait_ready(
+    region: &Region,
+    timeout: Duration,
+    keep_going: impl FnMut() -> bool,
+) -> Result<(), BootError> {
+    shmem::master_wait_ready(region, waiter(timeout, "remote (proxy)", keep_going))
+}
+
 /// Remote: runs its half of the handshake and returns the master's `base`.
 pub fn remote_boot(
     region: &Region,

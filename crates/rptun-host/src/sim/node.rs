@@ -82,7 +82,7 @@ use rptun::virtio::{id, VirtioError};
 
 use super::boot::take_need_reset;
 use super::layout::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, SEQM, SEQS};
-use super::platform::{KeepGoing, SimBell, SimPlatform};
+use super::platform::{KeepGoing, RemoteRunner, SimBell, SimPlatform};
 use super::rpmsg_slot::{Seated, SimRpmsgDevice, SimRpmsgDriver, SlotHandle, SlotTransport};
 use super::syslog::{SyslogClient, SyslogQueue, SyslogServer, SyslogSink};
 use super::table::{self, SimTableConfig};
@@ -501,6 +501,14 @@ impl Node {
         })
     }
 
+    /// Master: the remote is run by `runner` (QEMU booting the rptun
+    /// firmware, see [`crate::ivshmem`]): [`start_link`](Node::start_link)
+    /// starts it, [`stop_link`](Node::stop_link) stops it, and the node
+    /// marks the link crashed when it exits.
+    pub fn set_runner(&mut self, runner: Box<dyn RemoteRunner>) {
+        self.instance.platform_mut().set_runner(runner);
+    }
+
     // ------------------------------------------------------------- accessors
 
     /// The configuration.
@@ -644,7 +652,24 @@ impl Node {
                         "{} restarted (NEED_RESET): booting the link again",
                         self.cfg.remote_name()
                     );
+                    // The remote restarted its link by itself: a runner's
+                    // remote (QEMU) keeps running, only the handshake runs.
+                    self.instance.platform_mut().set_keep_remote(true);
                     self.start_quiet();
+                    self.instance.platform_mut().set_keep_remote(false);
+                } else if self.instance.state() == State::Running
+                    && self.last_linked_check.elapsed() > Duration::from_millis(200)
+                    && self.instance.platform().has_runner()
+                {
+                    self.last_linked_check = Instant::now();
+                    if let Some(why) = self.instance.platform_mut().runner_exited() {
+                        log::warn!(
+                            "{} {why}; the link is down (`rptun start {}` boots it again)",
+                            self.cfg.remote_name(),
+                            self.cfg.remote_name()
+                        );
+                        self.peer_gone();
+                    }
                 } else if self.instance.state() != State::Running
                     && Instant::now() >= self.next_auto_start
                     && r.load_u32(BOOTS).unwrap_or(0) & BOOT != 0
@@ -767,9 +792,17 @@ impl Node {
             Err(InstanceError::Platform(PlatformError::Timeout(_))) => Err(self
                 .instance
                 .platform()
-                .last_boot_error()
-                .map(|e| e.to_string())
+                .last_start_error()
                 .unwrap_or_else(|| "the boot handshake timed out".into())),
+            Err(InstanceError::Platform(PlatformError::Failed(_)))
+                if self.instance.platform().last_start_error().is_some() =>
+            {
+                Err(self
+                    .instance
+                    .platform()
+                    .last_start_error()
+                    .unwrap_or_default())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
