@@ -56,7 +56,7 @@ rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-none \
 qemu() { # qemu LOG ELF [extra args...]: boots, bounded, no stdin
     local log=$1 elf=$2
     shift 2
-    timeout 60 qemu-system-aarch64 -M virt,highmem=off -cpu cortex-a53 -nographic \
+    timeout -k 5 60 qemu-system-aarch64 -M virt,highmem=off -cpu cortex-a53 -nographic \
         -nic none -m 128M -kernel "$elf" "$@" </dev/null >"$log" 2>&1
 }
 
