@@ -151,6 +151,13 @@ if grep -qx " random1" <<<"$s" && grep -qx " rpmsg/proxy" <<<"$s"; then
     ok "ls /dev: the simulator's shell sees /dev/random1 and /dev/rpmsg/proxy"
 else bad "ls /dev: $s"; fi
 
+# Issue #11: the firmware's code size is part of `rptun bench`'s output (its
+# code-size table comes from scripts/code-size.sh).
+row=$(cd "$ROOT" && bash scripts/code-size.sh --no-build --tsv 2>/dev/null | grep '^qemu-virt fw')
+if [ -n "$row" ] && [ "$(cut -f2 <<<"$row")" -gt 0 ] 2>/dev/null; then
+    ok "code size for rptun bench: $(tr '\t' ' ' <<<"$row")"
+else bad "scripts/code-size.sh reports no qemu-virt firmware row"; fi
+
 boots=$(grep -c '^\[proxy\] rptun proxy firmware ' "$UART")
 if [ "$boots" -eq 2 ]; then ok "the firmware booted twice (start, then start after stop)"
 else bad "the firmware booted $boots times, expected 2"; fi

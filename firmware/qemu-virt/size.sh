@@ -5,7 +5,14 @@
 #
 #   ./size.sh            # builds the release image first
 #   ./size.sh ELF        # an image that is already built
+#   ./size.sh --tsv ELF  # one line: text, rodata, data, bss (tab-separated;
+#                        # scripts/code-size.sh, and so `rptun bench`, use it)
 set -euo pipefail
+TSV=0
+if [ "${1:-}" = "--tsv" ]; then
+    TSV=1
+    shift
+fi
 cd "$(dirname "$0")"
 ELF=${1:-}
 if [ -z "$ELF" ]; then
@@ -13,7 +20,7 @@ if [ -z "$ELF" ]; then
     ELF=target/aarch64-unknown-none/release/rptun-fw-qemu-virt
 fi
 [ -f "$ELF" ] || { echo "size.sh: $ELF not found; build with cargo build --release" >&2; exit 1; }
-python3 - "$ELF" <<'PY'
+python3 - "$ELF" "$TSV" <<'PY'
 import struct, sys
 
 data = open(sys.argv[1], "rb").read()
@@ -52,6 +59,9 @@ data_ = sec(".data")
 bss = sec(".bss")
 heap = next((v[1] for k, v in syms.items() if "ARENA" in k), 0)
 stacks = sec(".stacks")
+if sys.argv[2] == "1":
+    print(f"{text}\t{rodata}\t{data_}\t{bss}")
+    sys.exit(0)
 print(f"firmware image {sys.argv[1]}")
 print(f"  .text   {text:>9} B  code")
 print(f"  .rodata {rodata:>9} B  constants")
