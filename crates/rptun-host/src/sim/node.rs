@@ -669,6 +669,8 @@ impl Node {
                             self.cfg.remote_name()
                         );
                         self.peer_gone();
+                        // Its boot words died with it: no auto-start on them.
+                        self.forget_remote();
                     }
                 } else if self.instance.state() != State::Running
                     && Instant::now() >= self.next_auto_start
