@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use rptun::rpmsg::services::ping::{PingParams, PING_MIN_LEN};
-use rptun_host::sim::node::NodeHandle;
+use rptun_host::sim::node::{LinkInfo, NodeHandle, PORT_TEST_NOTE};
 
 use crate::shell::{arg, failed, CmdError, Shell};
 
@@ -36,6 +36,38 @@ pub fn cpus(node: &NodeHandle, which: Option<&&str>) -> Result<Vec<String>, CmdE
     }
 }
 
+/// The links a `<cpu|all>` argument names, each with the heading `rpmsg
+/// ping all` prints for it (`cpu proxy2:`; the transport's role is added
+/// when two links lead to cpus of the same name, as on the proxy).
+pub fn links(node: &NodeHandle, which: Option<&&str>) -> Result<Vec<(LinkInfo, String)>, CmdError> {
+    let which = which.ok_or("missing argument <cpu|all>")?;
+    if *which != "all" {
+        cpus(node, Some(which))?;
+        let c = which.to_string();
+        let l = node
+            .call(move |n| n.links().into_iter().find(|l| l.cpu == c))
+            .map_err(failed)?
+            .ok_or_else(|| failed(format!("no link to cpu `{which}`")))?;
+        return Ok(vec![(l, format!("cpu {which}"))]);
+    }
+    let all = node.call(|n| n.links()).map_err(failed)?;
+    if all.is_empty() {
+        return Err(failed("no links yet"));
+    }
+    Ok(all
+        .iter()
+        .map(|l| {
+            let twins = all.iter().filter(|o| o.cpu == l.cpu).count() > 1;
+            let head = if twins {
+                format!("cpu {} ({})", l.cpu, l.role)
+            } else {
+                format!("cpu {}", l.cpu)
+            };
+            (l.clone(), head)
+        })
+        .collect())
+}
+
 fn number(s: &str, name: &str) -> Result<u32, String> {
     let r = match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
@@ -52,7 +84,7 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         "<cpu|all> <times> <len> <cmd> <sleep_ms>",
         "ping a cpu's rpmsg-ping endpoint (cmd bits: 1 ack, 2 check data, 4 random length)",
         move |a, o| {
-            let list = cpus(&n, a.first())?;
+            let list = links(&n, a.first())?;
             let times: u32 = arg(a, 1, "times")?;
             let len: usize = arg(a, 2, "len")?;
             let cmd = number(a.get(3).ok_or("missing argument <cmd>")?, "cmd")?;
@@ -79,15 +111,33 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
                 .random_len(cmd & 4 != 0)
                 .sleep(Duration::from_millis(sleep_ms));
             let many = a.first() == Some(&"all");
-            for cpu in list {
+            // With `all`, a link that fails does not hide the others' reports.
+            let mut failures = Vec::new();
+            for (l, head) in list {
+                let id = l.id;
                 if many {
-                    let _ = writeln!(o, "cpu {cpu}:");
+                    let _ = writeln!(o, "{head}:");
                 }
-                let c = cpu.clone();
-                let rep = n.call(move |n| n.ping(&c, &p)).map_err(failed)?;
-                let _ = write!(o, "{}", rep.map_err(failed)?);
+                let rep = n.call(move |n| n.ping_link(id, &p)).map_err(failed)?;
+                match rep {
+                    Ok(r) => {
+                        let _ = write!(o, "{r}");
+                    }
+                    Err(e) if many => {
+                        let _ = writeln!(o, "failed: {e}");
+                        failures.push(head);
+                    }
+                    Err(e) => return Err(failed(e)),
+                }
             }
-            Ok(())
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(failed(format!(
+                    "failed on {} (see above)",
+                    failures.join(", ")
+                )))
+            }
         },
     );
     let n = node.clone();
@@ -115,9 +165,15 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         "<cpu|all>",
         "send every TX buffer to a cpu's rpmsg-test endpoint, which holds and releases them",
         move |a, o| {
-            for cpu in cpus(&n, a.first())? {
+            let many = a.first() == Some(&"all");
+            for (l, _) in links(&n, a.first())? {
+                if many && l.role == "port" {
+                    let _ = writeln!(o, "rpmsg test {}: skipped ({})", l.cpu, PORT_TEST_NOTE);
+                    continue;
+                }
+                let id = l.id;
                 let line = n
-                    .call(move |n| n.test(&cpu))
+                    .call(move |n| n.test_link(id))
                     .map_err(failed)?
                     .map_err(failed)?;
                 let _ = writeln!(o, "{line}");

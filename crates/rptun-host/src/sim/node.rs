@@ -69,7 +69,7 @@ use rptun::remoteproc::platform::{Doorbell as Target, PlatformError, RemoteCpuNa
 use rptun::remoteproc::registry::{Registry, VirtioHandler};
 use rptun::remoteproc::vdev::{VdevDevice, VdevDriver};
 use rptun::remoteproc::Role;
-use rptun::rpmsg::services::ping::{ping_cpu, PingError, PingParams, PingReport, PingService};
+use rptun::rpmsg::services::ping::{ping, PingError, PingParams, PingReport, PingService};
 use rptun::rpmsg::services::test::{send_hold_rx, TestService};
 use rptun::rpmsg::virtio::{RpmsgVirtioError, RpmsgVirtioOptions};
 use rptun::rpmsg::wait::{Clock, Wait};
@@ -189,6 +189,26 @@ pub enum NodeError {
     #[error("cannot start the node thread: {0}")]
     Thread(#[from] std::io::Error),
 }
+
+/// One link of a node's bus, for listings (`rpmsg ping all`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The link.
+    pub id: LinkId,
+    /// Its remote cpu.
+    pub cpu: String,
+    /// Its transport's role (`virtio driver`, `virtio device`, `port`).
+    pub role: String,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Up, and the peer's rpmsg-ping endpoint bound to ours.
+    pub ready: bool,
+}
+
+/// Why `rpmsg test` does not run over an rpmsg-port link.
+pub const PORT_TEST_NOTE: &str = "the hold-rx test needs the sender's TX buffers bounded by the \
+     peer's RX buffers; an rpmsg-port link frees a TX buffer once it is written to the stream, \
+     so the test would overrun the peer's RX buffers and stall the link";
 
 /// Per vdev index, the server's rng driver (shared with its vdev handler).
 type RngSeats = Arc<Mutex<Vec<Option<SimRngDriver>>>>;
@@ -320,7 +340,8 @@ pub struct Node {
     exit: Option<String>,
     next_auto_start: Instant,
     last_linked_check: Instant,
-    peer_was_ready: bool,
+    /// The links that were ready (up, ping endpoint bound) last we looked.
+    ready_links: Vec<LinkId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -475,7 +496,8 @@ impl Node {
                 if let Some(q) = hooks.syslog_queue {
                     bus.register(
                         ServiceConfig::any("rpmsg-syslog client"),
-                        SyslogClient::new(q),
+                        // Over the shared-memory link only: one way per line.
+                        SyslogClient::new(q).only_on(link),
                     );
                 }
             }
@@ -497,7 +519,7 @@ impl Node {
             exit: None,
             next_auto_start: Instant::now(),
             last_linked_check: Instant::now(),
-            peer_was_ready: false,
+            ready_links: Vec::new(),
         })
     }
 
@@ -575,13 +597,38 @@ impl Node {
     /// True when the rpmsg link to the remote is up and the peer answered
     /// the name service (its rpmsg-ping endpoint is bound to ours).
     pub fn peer_ready(&self) -> bool {
-        let Some(link) = self.bus.link(self.link) else {
+        self.link_ready(self.link)
+    }
+
+    /// True when link `lid` is up and the peer's rpmsg-ping endpoint is
+    /// bound to ours.
+    pub fn link_ready(&self, lid: LinkId) -> bool {
+        let Some(link) = self.bus.link(lid) else {
             return false;
         };
-        let Some(svc) = self.bus_service_endpoint(self.link) else {
+        let Some(svc) = self.bus_service_endpoint(lid) else {
             return false;
         };
         link.is_up() && link.endpoint(svc).is_some_and(|e| e.dest != ADDR_ANY)
+    }
+
+    /// Every link on the bus, in the order they were added (the
+    /// shared-memory link first).
+    pub fn links(&self) -> Vec<LinkInfo> {
+        self.bus
+            .link_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let l = self.bus.link(id)?;
+                Some(LinkInfo {
+                    id,
+                    cpu: l.remote_cpu().to_string(),
+                    role: l.transport().role().to_string(),
+                    up: l.is_up(),
+                    ready: self.link_ready(id),
+                })
+            })
+            .collect()
     }
 
     fn bus_service_endpoint(&self, lid: LinkId) -> Option<rptun::rpmsg::EndpointId> {
@@ -632,15 +679,31 @@ impl Node {
                 log::debug!("rpmsg poll: {e}");
             }
         }
-        let ready = self.peer_ready();
-        if ready != self.peer_was_ready {
-            self.peer_was_ready = ready;
-            if ready {
-                log::info!("link to {} is up", self.cfg.remote_name());
-            } else {
-                log::info!("link to {} is down", self.cfg.remote_name());
+        for lid in self.bus.link_ids() {
+            let ready = self.link_ready(lid);
+            let was = self.ready_links.contains(&lid);
+            if ready == was {
+                continue;
             }
+            if ready {
+                self.ready_links.push(lid);
+            } else {
+                self.ready_links.retain(|&l| l != lid);
+            }
+            let what = if lid == self.link {
+                self.cfg.remote_name().to_string()
+            } else {
+                self.bus
+                    .link(lid)
+                    .map(|l| format!("{} ({})", l.remote_cpu(), l.transport().role()))
+                    .unwrap_or_default()
+            };
+            let state = if ready { "up" } else { "down" };
+            log::info!("link to {what} is {state}");
         }
+        // Links removed from the bus are not ready any more.
+        let ids = self.bus.link_ids();
+        self.ready_links.retain(|l| ids.contains(l));
     }
 
     fn check_boot_words(&mut self) {
@@ -936,7 +999,26 @@ impl Node {
         self.bus.link_by_cpu(&c).ok_or_else(|| no_link(cpu, &known))
     }
 
-    fn down_hint(&self, cpu: &str) -> String {
+    fn down_hint(&self, lid: LinkId, cpu: &str) -> String {
+        if lid != self.link {
+            let how = self
+                .bus
+                .link(lid)
+                .map(|l| {
+                    let mut s = String::new();
+                    let _ = l.transport().describe(&mut s);
+                    s.lines().next().unwrap_or_default().to_string()
+                })
+                .unwrap_or_default();
+            let peer = match self.cfg.role {
+                Role::Master => "the proxy",
+                Role::Remote => "the server",
+            };
+            return format!(
+                "the rpmsg-port link to {cpu} is down ({how}); it comes up by itself when \
+                 {peer} is running (`rpmsg dump {cpu}` shows the stream)"
+            );
+        }
         match self.cfg.role {
             Role::Master => format!(
                 "the link to {cpu} is down ({}); bring it up with `rptun start {cpu}`",
@@ -949,12 +1031,28 @@ impl Node {
     /// `rpmsg ping <cpu> ...`: NuttX's ping over the link to `cpu`.
     pub fn ping(&mut self, cpu: &str, params: &PingParams) -> Result<PingReport, String> {
         let lid = self.link_to(cpu)?;
+        self.ping_link(lid, params)
+    }
+
+    /// NuttX's ping over link `lid` (one of [`Node::links`]).
+    pub fn ping_link(&mut self, lid: LinkId, params: &PingParams) -> Result<PingReport, String> {
+        let cpu = self
+            .bus
+            .link(lid)
+            .map(|l| l.remote_cpu().to_string())
+            .ok_or("the link vanished")?;
         if !self.bus.link(lid).is_some_and(|l| l.is_up()) {
-            return Err(self.down_hint(cpu));
+            return Err(self.down_hint(lid, &cpu));
         }
         let mut wait = self.wait();
-        let c = RemoteCpu::new(cpu).map_err(|e| e.to_string())?;
-        let r = ping_cpu(&mut self.bus, &self.ping, &c, params, &mut wait);
+        let ping_svc = self.ping;
+        let r = match self.bus.service_and_link_mut(&ping_svc, lid) {
+            Some((s, link)) => match s.endpoint(lid) {
+                Some(ept) => ping(link, ept, params, &mut wait),
+                None => Err(PingError::NoLink),
+            },
+            None => Err(PingError::NoLink),
+        };
         let interrupted = self.cfg.interrupt.load(Ordering::Relaxed);
         r.map_err(|e| match e {
             _ if interrupted => "interrupted".to_string(),
@@ -962,7 +1060,7 @@ impl Node {
                 "{cpu} has no rpmsg-ping endpoint bound to ours yet; wait a moment or check \
                  `rpmsg dump {cpu}`"
             ),
-            PingError::Rpmsg(RpmsgError::LinkDown) => self.down_hint(cpu),
+            PingError::Rpmsg(RpmsgError::LinkDown) => self.down_hint(lid, &cpu),
             PingError::Rpmsg(RpmsgError::Timeout) => format!(
                 "no TX buffer came back from {cpu} within the timeout: it is not consuming \
                  messages"
@@ -1053,8 +1151,26 @@ impl Node {
     /// every buffer is back. Returns the report line.
     pub fn test(&mut self, cpu: &str) -> Result<String, String> {
         let lid = self.link_to(cpu)?;
+        self.test_link(lid)
+    }
+
+    /// [`Node::test`] over link `lid` (one of [`Node::links`]).
+    pub fn test_link(&mut self, lid: LinkId) -> Result<String, String> {
+        let cpu = self
+            .bus
+            .link(lid)
+            .map(|l| l.remote_cpu().to_string())
+            .ok_or("the link vanished")?;
+        let cpu = cpu.as_str();
+        if self
+            .bus
+            .link(lid)
+            .is_some_and(|l| l.transport().role() == "port")
+        {
+            return Err(format!("not over {cpu}: {PORT_TEST_NOTE}"));
+        }
         if !self.bus.link(lid).is_some_and(|l| l.is_up()) {
-            return Err(self.down_hint(cpu));
+            return Err(self.down_hint(lid, cpu));
         }
         let ept = self
             .bus
@@ -1150,6 +1266,7 @@ impl Node {
             v.push(format!("tty{}", self.cfg.names.remote));
         }
         v.sort();
+        v.dedup();
         v
     }
 
