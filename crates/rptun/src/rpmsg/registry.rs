@@ -208,9 +208,11 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
     pub fn add_link(&mut self, link: Link<T>) -> LinkId {
         let remote = link.remote_cpu();
         if self.link_by_cpu(&remote).is_some() {
-            log::warn!(
-                "rpmsg: a second link to cpu {remote} was added; lookups by cpu name find \
-                 the first one"
+            // Legitimate (a shared-memory link and a byte-stream link to
+            // the same cpu, as the simulator's proxy has), so not a warning.
+            log::info!(
+                "rpmsg: another link to cpu {remote} was added; lookups by cpu name find \
+                 the first one, reach this one by its link id"
             );
         }
         let (index, gen) = insert(
