@@ -27,6 +27,7 @@ Doorbells are NuttX's: it only increments `seqm` and polls `seqs` every tick
 summary.
 
   pyserver.py [--shm NAME] [--base HEX] [--pings N] [--sizes 17,1520] [--timeout S]
+              [--keep] [--no-announce]
 """
 import argparse, mmap, os, struct, sys, time
 
@@ -395,10 +396,10 @@ class Server:
             self.send(PING_ADDR, dst, reply)
 
     # -- the checks ---------------------------------------------------------------------
-    def run(self, pings, sizes):
+    def run(self, pings, sizes, announce=True):
         self.pending_echo = []
         self.start()
-        if self.feats & (1 << F_NS):
+        if announce and self.feats & (1 << F_NS):
             self.send_ns(NS_CREATE)
             say(f"NS CREATE sent: rpmsg-ping addr={PING_ADDR:#x}")
         self.wait("the proxy's rpmsg-ping announcement", lambda: self.ping_dest is not None)
@@ -459,6 +460,8 @@ def main():
     ap.add_argument("--sizes", default="17,1520", help="ping sizes (default 17,1520)")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up after S seconds")
     ap.add_argument("--keep", action="store_true", help="do not unlink the object at the end")
+    ap.add_argument("--no-announce", action="store_true",
+                    help="do not announce our rpmsg-ping: bind only on the proxy's CREATE")
     a = ap.parse_args()
     if a.base & 0xFFF or a.base + SIZE > 1 << 32:
         ap.error("--base must be page aligned and leave the object below 4 GiB")
@@ -474,7 +477,7 @@ def main():
     code = 0
     try:
         s.boot()
-        results, rng = s.run(a.pings, sizes)
+        results, rng = s.run(a.pings, sizes, announce=not a.no_announce)
         code = 0 if s.errors == 0 else 1
         summary = (f"summary: ok={'yes' if code == 0 else 'no'} pings=[{','.join(results)}] "
                    f"rng={rng} served={s.served} ns=[{','.join(s.ns_seen)}] errors={s.errors}")
