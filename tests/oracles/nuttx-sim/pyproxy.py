@@ -237,7 +237,7 @@ class Proxy:
                 raise PeerError(f"entropy vdev{v.index} has {len(vr)} vrings")
             ring = DeviceRing(self.mem, self.base, vr[0][0], vr[0][1], vr[0][2], f"rng{len(self.rng)}")
             self.rng[v.index] = [ring, 0, 0]
-            say(f"{ring.name} DRIVER_OK notifyid={v.notifyid} vring {names[0]}")
+            say(f"{ring.name} DRIVER_OK status={v.status():#x} notifyid={v.notifyid} vring {names[0]}")
             self.serve_rng(v.index)
         elif v.id == VIRTIO_ID_RPMSG:
             if len(vr) != 2:
@@ -262,9 +262,10 @@ class Proxy:
                 vdev=v, feats=feats, h2r=h2r, r2h=r2h,
                 tx=DeviceRing(self.mem, self.base, vr[0][0], vr[0][1], vr[0][2], "rpmsg.vring0"),
                 rx=DeviceRing(self.mem, self.base, vr[1][0], vr[1][1], vr[1][2], "rpmsg.vring1"))
-            say(f"rpmsg DRIVER_OK notifyid={v.notifyid} gfeatures={feats:#x} "
+            say(f"rpmsg DRIVER_OK status={v.status():#x} notifyid={v.notifyid} gfeatures={feats:#x} "
                 f"host={host!r} remote={remote!r} h2r_buf_size={h2r} r2h_buf_size={r2h} "
-                f"vring0 {names[0]} vring1 {names[1]}")
+                f"vring0 {names[0]} vring1 {names[1]} "
+                f"rx_posted={self.rpmsg['tx'].pending()}")
             if feats & (1 << F_NS):
                 self.send_ns(PING_NAME, PING_ADDR, NS_CREATE)
                 say(f"NS CREATE sent: {PING_NAME.decode()} addr={PING_ADDR:#x}")
