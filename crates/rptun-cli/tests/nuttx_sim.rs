@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 const RPTUN: &str = env!("CARGO_BIN_EXE_rptun");
 /// Bound on each case; each takes a second or two.
 const CASE_TIMEOUT: Duration = Duration::from_secs(90);
+/// What `pyproxy.py` reports of NuttX's rpmsg vdev once it is live: notify
+/// ids 4/5/6, all four features, the config names and buffer sizes, the
+/// vrings at the front of the `rpmsg0_shm` carveout, 0xe0 apart.
+const NUTTX_RPMSG_VDEV: &str = "notifyid=4 gfeatures=0xf host='server' remote='proxy' \
+     h2r_buf_size=1536 r2h_buf_size=1536 vring0 da=0x201cc align=8 num=8 notifyid=5 \
+     vring1 da=0x202ac align=8 num=8 notifyid=6";
 
 /// The directory holding `pyproxy.py` and `pyserver.py`. Fails (never
 /// skips) when they are missing.
@@ -139,20 +145,15 @@ impl Proc {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Waits for the exit until `deadline`; `None` if still running.
-    fn wait(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        while self.status.is_none() {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.status = Some(s);
-                    for r in self.readers.drain(..) {
-                        let _ = r.join();
-                    }
+    /// The exit status if the process has ended (collecting the rest of
+    /// its output), without waiting.
+    fn poll(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.status = Some(s);
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
                 }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => return None,
             }
         }
         self.status
@@ -168,17 +169,35 @@ impl Drop for Proc {
     }
 }
 
-/// Waits for every process; on a timeout or a failed exit, panics with all
-/// the output (the `Proc`s are killed when dropped).
+/// Waits for every process to exit successfully; as soon as one fails, or
+/// at the deadline, panics with all the output (the `Proc`s still running
+/// are killed when dropped).
 fn finish(procs: &mut [&mut Proc], deadline: Instant) -> Vec<String> {
-    let mut failed = None;
-    for p in procs.iter_mut() {
-        match p.wait(deadline) {
-            Some(s) if s.success() => {}
-            Some(s) => failed = failed.or(Some(format!("{} exited with {s}", p.name))),
-            None => failed = failed.or(Some(format!("{} did not finish in time", p.name))),
+    let failed = loop {
+        let mut running = false;
+        let mut failed = None;
+        for p in procs.iter_mut() {
+            match p.poll() {
+                Some(s) if !s.success() => {
+                    failed = failed.or(Some(format!("{} exited with {s}", p.name)))
+                }
+                Some(_) => {}
+                None => running = true,
+            }
         }
-    }
+        if failed.is_some() || !running {
+            break failed;
+        }
+        if Instant::now() >= deadline {
+            let late: Vec<&str> = procs
+                .iter()
+                .filter(|p| p.status.is_none())
+                .map(|p| p.name)
+                .collect();
+            break Some(format!("{} did not finish in time", late.join(", ")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let outs: Vec<String> = procs.iter().map(|p| p.output()).collect();
     if let Some(mut msg) = failed {
         for (p, o) in procs.iter().zip(&outs) {
@@ -282,12 +301,11 @@ fn reference_server_and_proxy_agree_with_each_other() {
         "pyserver",
         "pyserver: summary: ok=yes pings=[17x2,1520x2] rng=[1024, 1024]",
     );
+    // Like NuttX's master: status exactly DRIVER_OK, all RX buffers posted.
     assert_has(
         prx,
         "pyproxy",
-        "pyproxy: rpmsg DRIVER_OK notifyid=4 gfeatures=0xf host='server' remote='proxy' \
-         h2r_buf_size=1536 r2h_buf_size=1536 vring0 da=0x201cc align=8 num=8 notifyid=5 \
-         vring1 da=0x202ac align=8 num=8 notifyid=6",
+        &format!("pyproxy: rpmsg DRIVER_OK status=0x4 {NUTTX_RPMSG_VDEV} rx_posted=8"),
     );
     let sum = line(prx, "pyproxy", "pyproxy: summary: ");
     assert!(
@@ -302,4 +320,146 @@ fn reference_server_and_proxy_agree_with_each_other() {
         "pyserver did not unlink {}",
         shm.path()
     );
+}
+
+/// `rptun sim` (master, virtio driver) with the reference proxy as its
+/// remote: the proxy finds NuttX's layout in our table, our pings and
+/// entropy reads are served by a peer that only increments `seqs`, and our
+/// STOP ends it.
+#[test]
+fn our_server_works_with_the_reference_proxy() {
+    let dir = oracles();
+    let shm = ShmName::new("server");
+    let deadline = Instant::now() + CASE_TIMEOUT;
+    let mut proxy = Proc::python(
+        "pyproxy.py",
+        &dir.join("pyproxy.py"),
+        &["--shm", &shm.0, "--timeout", "60"],
+    );
+    let mut cmd = Command::new(RPTUN);
+    cmd.args(["sim", "--no-spawn", "--shm", &shm.0, "--wait-link", "30"])
+        .arg("--script")
+        .arg(
+            "rpmsg ping proxy 3 17 3 0; rpmsg ping proxy 3 1520 3 0; \
+             hexdump /dev/random count=64; hexdump /dev/random1 count=64; exit",
+        );
+    let mut server = Proc::spawn("rptun sim --no-spawn", cmd);
+    let outs = finish(&mut [&mut server, &mut proxy], deadline);
+    let (ours, theirs) = (&outs[0], &outs[1]);
+
+    // Our side: both ping reports (payload capacity 1520) and both dumps.
+    assert_has(
+        ours,
+        "rptun sim",
+        "ping times: 3\nbuffer_len: 1520, send_len: 17\n",
+    );
+    assert_has(
+        ours,
+        "rptun sim",
+        "ping times: 3\nbuffer_len: 1520, send_len: 1520\n",
+    );
+    for dev in ["/dev/random", "/dev/random1"] {
+        assert_has(ours, "rptun sim", &format!("{dev} at 00000000:\n0000: "));
+        assert_has(ours, "rptun sim", "\n0030: ");
+    }
+
+    // The proxy's view: NuttX's table and layout, what it served, no error.
+    assert_has(
+        theirs,
+        "pyproxy",
+        "vdev0(id=4 nvrings=1 reserved0=0) vdev1(id=4 nvrings=1 reserved0=0) \
+         vdev2(id=7 nvrings=2 reserved0=0) \
+         carveouts=rng0_shm@0xa8+0x10000,rng1_shm@0x10110+0x10000,rpmsg0_shm@0x201cc+0x10000",
+    );
+    // NuttX's rpmsg vdev, every RX buffer posted before DRIVER_OK. (NuttX's
+    // master leaves the status byte at exactly 4; peers test the bit.)
+    let ok = line(theirs, "pyproxy", "pyproxy: rpmsg DRIVER_OK status=");
+    assert!(
+        ok.ends_with(&format!("{NUTTX_RPMSG_VDEV} rx_posted=8")),
+        "{ok}"
+    );
+    let status = ok["pyproxy: rpmsg DRIVER_OK status=0x".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|v| u8::from_str_radix(v, 16).ok())
+        .unwrap_or_else(|| panic!("no status in {ok}"));
+    assert!(status & 4 != 0 && status & 0xc0 == 0, "{ok}");
+    assert_has(theirs, "pyproxy", "pyproxy: STOP from the master");
+    let sum = line(theirs, "pyproxy", "pyproxy: summary: ");
+    assert!(
+        sum.starts_with(
+            "pyproxy: summary: pings=6 sizes=[17x3,1520x3] replies=6 check_errors=0 rng0_requests="
+        ) && sum.ends_with(" errors=0"),
+        "{sum}"
+    );
+    for rng in ["rng0", "rng1"] {
+        let bytes: u64 = sum
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{rng}_bytes=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {rng}_bytes in {sum}"));
+        assert!(bytes >= 64, "{rng} served {bytes} bytes: {sum}");
+    }
+    assert!(
+        !Path::new(&shm.path()).exists(),
+        "rptun sim left {} behind",
+        shm.path()
+    );
+}
+
+/// `rptun proxy` (remote, virtio device) with the reference server as its
+/// master: the master chose `base` (a 32-bit value of its own, also one that
+/// puts the object's end just below 4 GiB), wrote NuttX's table, posts
+/// buffers and rings only by incrementing `seqm`; every check of the master
+/// passes and our proxy leaves when the master unlinks the object. The
+/// second run has the master stay silent, so our proxy must announce
+/// `rpmsg-ping` itself and accept the master's CREATE_ACK.
+#[test]
+fn reference_server_checks_pass_against_our_proxy() {
+    let dir = oracles();
+    for (tag, base, announce) in [
+        ("proxy", "0xf3d5c000", true),
+        ("proxy-top", "0xfffcf000", false),
+    ] {
+        let shm = ShmName::new(tag);
+        let deadline = Instant::now() + CASE_TIMEOUT;
+        let mut cmd = Command::new(RPTUN);
+        cmd.args(["proxy", "--shm", &shm.0]);
+        let mut proxy = Proc::spawn("rptun proxy", cmd);
+        let mut args = vec!["--shm", &shm.0, "--timeout", "60", "--base", base];
+        if !announce {
+            args.push("--no-announce");
+        }
+        let mut server = Proc::python("pyserver.py", &dir.join("pyserver.py"), &args);
+        let outs = finish(&mut [&mut server, &mut proxy], deadline);
+        let theirs = &outs[0];
+        assert_has(
+            theirs,
+            "pyserver",
+            &format!("pyserver: table written: 131508 bytes at 0x18, base={base}"),
+        );
+        if !announce {
+            assert_has(theirs, "pyserver", "pyserver: NS CREATE rpmsg-ping addr=");
+            assert_has(theirs, "pyserver", "pyserver: CREATE_ACK sent: rpmsg-ping");
+        }
+        assert_has(theirs, "pyserver", "pyserver: rpmsg-ping bound to 0x");
+        for size in [17, 1520] {
+            assert_has(
+                theirs,
+                "pyserver",
+                &format!("pyserver: ping times: 3 buffer_len: 1520 send_len: {size} "),
+            );
+        }
+        let sum = line(theirs, "pyserver", "pyserver: summary: ");
+        assert!(
+            sum.starts_with("pyserver: summary: ok=yes pings=[17x3,1520x3] rng=[1024, 1024]")
+                && sum.ends_with(" errors=0"),
+            "base {base}: {sum}"
+        );
+        assert!(
+            !Path::new(&shm.path()).exists(),
+            "{} left behind",
+            shm.path()
+        );
+    }
 }
