@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod openamp;
+mod port;
 #[allow(dead_code)] // wired into `rptun sim` as it lands
 mod shell;
 
@@ -32,6 +33,9 @@ enum Cmd {
         /// Baseline parameters.
         rest: Vec<String>,
     },
+    /// One rpmsg-port link over a byte stream (Unix/TCP socket, pty, serial
+    /// device), answering pings; `--ping N LEN` pings the other end.
+    Port(port::PortArgs),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +44,6 @@ fn main() -> Result<()> {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Openamp(a) => openamp::run(&a),
         Cmd::BenchPeer { kind, shm, rest } => bench::peer(&kind, &shm, &rest),
+        Cmd::Port(a) => port::run(&a),
     }
 }

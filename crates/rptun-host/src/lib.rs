@@ -7,7 +7,9 @@
 //! - [`entropy`]: the OS random number generator as a virtio-rng
 //!   entropy source;
 //! - [`openamp`]: the platform of OpenAMP's Linux user-space demos
-//!   (`openamp.shm` + a unix-socket kick), both virtio roles.
+//!   (`openamp.shm` + a unix-socket kick), both virtio roles;
+//! - [`stream`]: byte streams (pty, serial device, TCP and Unix sockets) for
+//!   rpmsg-port links, and a runner that drives a link over one.
 #![warn(missing_docs)]
 
 pub mod baseline;
@@ -16,3 +18,4 @@ pub mod entropy;
 pub mod openamp;
 pub mod shm;
 pub mod sim;
+pub mod stream;

@@ -12,7 +12,9 @@
 //!   never gives up on a corrupted stream;
 //! - [`link`]: the connection state machine (CONNREQ/CONNACK handshake,
 //!   POWEROFF, SUSPEND/RESUME, the alternating STAYWAKE handshake), fed with
-//!   received commands and local events and answering with [`Action`]s.
+//!   received commands and local events and answering with [`Action`]s;
+//! - [`transport`]: [`PortTransport`], the rpmsg bus's transport over any
+//!   non-blocking [`ByteIo`] stream, which glues the three together.
 //!
 //! A driver glues them to a stream: bytes read go to
 //! [`Deframer::next_event`]; each [`Event::Command`] goes to
@@ -25,6 +27,7 @@
 pub mod frame;
 pub mod header;
 pub mod link;
+pub mod transport;
 
 pub use frame::{
     encode, encode_into, encoded_len, max_encoded_len, seal_data_frame, Cmd, CrcMode, Deframer,
@@ -32,6 +35,7 @@ pub use frame::{
 };
 pub use header::{check_frame, crc16_arc, PortHeader};
 pub use link::{Action, Actions, Link, LinkState, LinkStats, Queues, WakePhase};
+pub use transport::{ByteIo, ByteIoError, PortConfig, PortSetupError, PortStats, PortTransport};
 
 /// Errors of the byte-stream port codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
