@@ -6,9 +6,36 @@
 
 use std::io::Write;
 
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CmdError {
+    /// The arguments were wrong: the shell prints the message and the usage.
+    Usage(String),
+    /// The command ran and failed: the shell prints the message (which says
+    /// what to do).
+    Failed(String),
+}
+
+impl From<String> for CmdError {
+    fn from(s: String) -> Self {
+        CmdError::Usage(s)
+    }
+}
+
+impl From<&str> for CmdError {
+    fn from(s: &str) -> Self {
+        CmdError::Usage(s.to_string())
+    }
+}
+
+/// A runtime failure (printed without the usage line).
+pub fn failed(s: impl std::fmt::Display) -> CmdError {
+    CmdError::Failed(s.to_string())
+}
+
 /// What a command handler gets: its arguments (after the command words) and
 /// the output to print to.
-pub type Handler<'a> = Box<dyn FnMut(&[&str], &mut dyn Write) -> Result<(), String> + 'a>;
+pub type Handler<'a> = Box<dyn FnMut(&[&str], &mut dyn Write) -> Result<(), CmdError> + 'a>;
 
 /// One shell command.
 pub struct Command<'a> {
@@ -35,6 +62,7 @@ pub enum Flow {
 #[derive(Default)]
 pub struct Shell<'a> {
     commands: Vec<Command<'a>>,
+    errors: usize,
 }
 
 impl<'a> Shell<'a> {
@@ -42,6 +70,7 @@ impl<'a> Shell<'a> {
     pub fn new() -> Self {
         Shell {
             commands: Vec::new(),
+            errors: 0,
         }
     }
 
@@ -51,7 +80,7 @@ impl<'a> Shell<'a> {
         words: &str,
         usage: &'static str,
         help: &'static str,
-        handler: impl FnMut(&[&str], &mut dyn Write) -> Result<(), String> + 'a,
+        handler: impl FnMut(&[&str], &mut dyn Write) -> Result<(), CmdError> + 'a,
     ) {
         let words: Vec<String> = words.split_whitespace().map(str::to_string).collect();
         self.commands.push(Command {
@@ -64,13 +93,32 @@ impl<'a> Shell<'a> {
 
     /// Prints the command list.
     pub fn help(&self, out: &mut dyn Write) {
+        let heads: Vec<String> = self
+            .commands
+            .iter()
+            .map(|c| {
+                format!("{} {}", c.words.join(" "), c.usage)
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        let w = heads
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .clamp(8, 56);
         let _ = writeln!(out, "Commands:");
-        let _ = writeln!(out, "  {:<40} this list", "help");
-        for c in &self.commands {
-            let head = format!("{} {}", c.words.join(" "), c.usage);
-            let _ = writeln!(out, "  {:<40} {}", head.trim_end(), c.help);
+        let _ = writeln!(out, "  {:<w$}  this list", "help");
+        for (c, head) in self.commands.iter().zip(&heads) {
+            let _ = writeln!(out, "  {head:<w$}  {}", c.help);
         }
-        let _ = writeln!(out, "  {:<40} leave the shell", "exit");
+        let _ = writeln!(out, "  {:<w$}  leave the shell", "exit");
+    }
+
+    /// How many commands failed or were not understood so far.
+    pub fn errors(&self) -> usize {
+        self.errors
     }
 
     /// Runs one line (which may hold several commands separated by `;`).
@@ -99,17 +147,26 @@ impl<'a> Shell<'a> {
             match best {
                 Some(c) => {
                     let n = c.words.len();
-                    if let Err(e) = (c.handler)(&words[n..], out) {
-                        let _ = writeln!(
-                            out,
-                            "{}: {e} (usage: {} {})",
-                            c.words.join(" "),
-                            c.words.join(" "),
-                            c.usage
-                        );
+                    match (c.handler)(&words[n..], out) {
+                        Ok(()) => {}
+                        Err(CmdError::Usage(e)) => {
+                            self.errors += 1;
+                            let _ = writeln!(
+                                out,
+                                "{}: {e} (usage: {} {})",
+                                c.words.join(" "),
+                                c.words.join(" "),
+                                c.usage
+                            );
+                        }
+                        Err(CmdError::Failed(e)) => {
+                            self.errors += 1;
+                            let _ = writeln!(out, "{}: {e}", c.words.join(" "));
+                        }
                     }
                 }
                 None => {
+                    self.errors += 1;
                     let similar: Vec<String> = self
                         .commands
                         .iter()
@@ -166,7 +223,10 @@ mod tests {
             writeln!(o, "ping {} {n}", a[0]).unwrap();
             Ok(())
         });
-        sh.add("rpmsg dump", "<cpu>", "dump", |_, o| {
+        sh.add("rpmsg dump", "<cpu>", "dump", |a, o| {
+            if a.first() == Some(&"down") {
+                return Err(failed("link down; type `rptun start down`"));
+            }
             writeln!(o, "dump").unwrap();
             Ok(())
         });
@@ -183,6 +243,9 @@ mod tests {
         assert!(o.contains("rpmsg ping <cpu> <n>"), "{o}");
         let (_, o) = run(&mut sh, "frob");
         assert!(o.contains("frob: command not found; type `help`"), "{o}");
+        assert_eq!(sh.errors(), 3);
+        let (_, o) = run(&mut sh, "rpmsg dump down");
+        assert_eq!(o, "rpmsg dump: link down; type `rptun start down`\n");
         let (_, o) = run(&mut sh, "help");
         assert!(o.contains("rpmsg dump <cpu>"), "{o}");
         assert_eq!(run(&mut sh, "exit").0, Flow::Exit);

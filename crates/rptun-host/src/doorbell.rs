@@ -65,6 +65,62 @@ impl Doorbell {
             .unwrap_or(0)
     }
 
+    /// True in busy-poll mode.
+    pub fn is_poll(&self) -> bool {
+        self.poll
+    }
+
+    /// The longest single sleep (see [`Doorbell::with_max_sleep`]).
+    pub fn max_sleep(&self) -> Duration {
+        self.max_sleep
+    }
+
+    /// Sleeps once: returns when the peer's counter differs from `seen`, when
+    /// another thread calls [`Doorbell::wake_local`], or after
+    /// `timeout.min(max_sleep)` (in poll mode: after a short spin). Returns
+    /// the counter's value then. An event loop that also has local work calls
+    /// this in a loop, reading `seen` *before* it looks for work, so that no
+    /// ring is lost.
+    pub fn wait_once(&self, seen: u32, timeout: Duration) -> u32 {
+        let Ok(a) = self.region.atomic_u32(self.peer) else {
+            std::thread::sleep(timeout.min(self.max_sleep));
+            return seen;
+        };
+        let now = a.load(std::sync::atomic::Ordering::Acquire);
+        if now != seen {
+            return now;
+        }
+        let nap = timeout.min(self.max_sleep);
+        if self.poll {
+            let end = std::time::Instant::now() + nap.min(Duration::from_micros(100));
+            while std::time::Instant::now() < end {
+                let now = a.load(std::sync::atomic::Ordering::Acquire);
+                if now != seen {
+                    return now;
+                }
+                std::hint::spin_loop();
+            }
+            return a.load(std::sync::atomic::Ordering::Acquire);
+        }
+        let ts = futex::Timespec {
+            tv_sec: nap.as_secs() as _,
+            tv_nsec: nap.subsec_nanos() as _,
+        };
+        // EAGAIN (value changed), ETIMEDOUT, EINTR and a local wake all mean
+        // "look again".
+        let _ = futex::wait(a, futex::Flags::empty(), seen, Some(&ts));
+        a.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wakes this side's own waiters (threads in [`Doorbell::wait_once`])
+    /// without touching either counter: how a local thread hands work to an
+    /// event loop that sleeps on the doorbell.
+    pub fn wake_local(&self) {
+        if let Ok(a) = self.region.atomic_u32(self.peer) {
+            let _ = futex::wake(a, futex::Flags::empty(), i32::MAX as u32);
+        }
+    }
+
     /// Waits until the peer's counter differs from `seen` or `timeout`
     /// passes; returns the counter's value then (equal to `seen` on timeout).
     pub fn wait(&self, seen: u32, timeout: Duration) -> u32 {
@@ -130,6 +186,53 @@ mod tests {
         t.join().unwrap();
         assert_eq!(v, seen + 1);
         assert!(start.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn wait_once_returns_on_a_local_wake_without_a_ring() {
+        let r = Region::new_heap(64);
+        let b = Doorbell::new(r.clone(), 4, 0, false).with_max_sleep(Duration::from_secs(30));
+        let waker = b.clone();
+        let seen = b.peer_seq();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            let v = b.wait_once(seen, Duration::from_secs(30));
+            (v, start.elapsed())
+        });
+        // Wake until the waiter has returned (a wake before it sleeps is lost,
+        // which is why callers bound every sleep).
+        while !t.is_finished() {
+            waker.wake_local();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (v, took) = t.join().unwrap();
+        assert_eq!(v, seen, "nobody rang");
+        assert!(took < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn wait_once_notices_an_increment_without_a_wake_after_one_bounded_sleep() {
+        let r = Region::new_heap(64);
+        let b = Doorbell::new(r.clone(), 4, 0, false).with_max_sleep(Duration::from_millis(5));
+        let seen = b.peer_seq();
+        // a NuttX-style peer: increment, no FUTEX_WAKE
+        r.fetch_add_u32(0, 1).unwrap();
+        // the value already differs: no sleep at all
+        assert_eq!(b.wait_once(seen, Duration::from_secs(30)), seen + 1);
+        // an increment while asleep is seen when the bounded sleep ends
+        let r2 = r.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2));
+            r2.fetch_add_u32(0, 1).unwrap();
+        });
+        let mut v = seen + 1;
+        let start = Instant::now();
+        while v == seen + 1 {
+            v = b.wait_once(v, Duration::from_secs(30));
+            assert!(start.elapsed() < Duration::from_secs(30));
+        }
+        t.join().unwrap();
+        assert_eq!(v, seen + 2);
     }
 
     #[test]

@@ -10,12 +10,18 @@
 //!   (`openamp.shm` + a unix-socket kick), both virtio roles;
 //! - [`stream`]: byte streams (pty, serial device, TCP and Unix sockets) for
 //!   rpmsg-port links, and a runner that drives a link over one.
+//! - `virtio_drivers` (feature `virtio-drivers`): the virtio-drivers
+//!   crate's drivers over a remoteproc vdev.
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod benchlink;
+pub mod benchport;
 pub mod doorbell;
 pub mod entropy;
 pub mod openamp;
 pub mod shm;
 pub mod sim;
 pub mod stream;
+#[cfg(feature = "virtio-drivers")]
+pub mod virtio_drivers;

@@ -73,6 +73,28 @@ pub struct ShmObject {
     name: String,
     region: Region,
     created: bool,
+    /// (device, inode) of the object, to tell it from a newer one of the same
+    /// name.
+    id: (u64, u64),
+}
+
+/// Which object a name referred to when it was opened: tells whether
+/// `/dev/shm/NAME` still is that object (cheap to clone into a thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmIdentity {
+    name: String,
+    id: (u64, u64),
+}
+
+impl ShmIdentity {
+    /// True while `/dev/shm/NAME` is still this object (not unlinked, not
+    /// replaced by a newer object of the same name).
+    pub fn still_linked(&self) -> bool {
+        match rustix::fs::stat(std::path::Path::new("/dev/shm").join(&self.name)) {
+            Ok(st) => file_id(&st) == self.id,
+            Err(_) => false,
+        }
+    }
 }
 
 impl ShmObject {
@@ -107,7 +129,9 @@ impl ShmObject {
             name: name.into(),
             err,
         };
-        let size = rustix::fs::fstat(&fd).map_err(map_err)?.st_size as u64;
+        let st = rustix::fs::fstat(&fd).map_err(map_err)?;
+        let size = st.st_size as u64;
+        let id = file_id(&st);
         if created || size == 0 {
             rustix::fs::ftruncate(&fd, len as u64).map_err(map_err)?;
         } else if size != len as u64 {
@@ -121,6 +145,7 @@ impl ShmObject {
             name: name.into(),
             region: map(fd, len).map_err(map_err)?,
             created,
+            id,
         })
     }
 
@@ -137,7 +162,9 @@ impl ShmObject {
             name: name.into(),
             err,
         };
-        let size = rustix::fs::fstat(&fd).map_err(map_err)?.st_size as u64;
+        let st = rustix::fs::fstat(&fd).map_err(map_err)?;
+        let size = st.st_size as u64;
+        let id = file_id(&st);
         if size != len as u64 {
             return Err(ShmObjectError::Size {
                 name: name.into(),
@@ -149,6 +176,7 @@ impl ShmObject {
             name: name.into(),
             region: map(fd, len).map_err(map_err)?,
             created: false,
+            id,
         })
     }
 
@@ -171,6 +199,32 @@ impl ShmObject {
     pub fn unlink(&self) -> std::io::Result<()> {
         unlink(&self.name)
     }
+
+    /// The object's identity (see [`ShmIdentity`]).
+    pub fn identity(&self) -> ShmIdentity {
+        ShmIdentity {
+            name: self.name.clone(),
+            id: self.id,
+        }
+    }
+
+    /// True while `/dev/shm/NAME` is still this object (not unlinked, not
+    /// replaced by a newer object of the same name).
+    pub fn still_linked(&self) -> bool {
+        self.identity().still_linked()
+    }
+
+    /// Removes the name only if it still names this object (so a newer
+    /// object of the same name is left alone). True if removed.
+    pub fn unlink_if_ours(&self) -> bool {
+        self.still_linked() && self.unlink().is_ok()
+    }
+}
+
+/// (device, inode): the field types differ between targets.
+#[allow(clippy::unnecessary_cast)]
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 /// Removes `/dev/shm/NAME`; a missing object is not an error.
@@ -228,8 +282,11 @@ mod tests {
             ShmObject::open_existing(&name, 4096),
             Err(ShmObjectError::Size { actual: 8192, .. })
         ));
+        assert!(a.still_linked() && b.still_linked());
         a.unlink().unwrap();
         assert!(!exists(&name));
+        assert!(!b.still_linked());
+        assert!(!b.unlink_if_ours());
         // mappings survive the unlink
         assert_eq!(b.region().load_u32(100).unwrap(), 0xC0FFEE);
         assert!(ShmObject::open_existing(&name, 8192).is_err());

@@ -130,7 +130,14 @@ fn wait_bits(
         if !keep_going() {
             return Err(BootError::Cancelled);
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // Fast while a handshake is likely in progress, then gentle: a side
+        // that waits minutes for its peer costs almost nothing.
+        let nap = if start.elapsed() < Duration::from_millis(200) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(10)
+        };
+        std::thread::sleep(nap);
     }
 }
 

@@ -29,9 +29,15 @@
 //! notify id that rang, or [`Doorbell::All`]. An id reaches only the vdev
 //! that owns it, and a queue's handler is called only when the peer
 //! published new work on it; "all" polls every handler and checks every
-//! queue. Every doorbell also polls the command mailbox: a command from the
-//! peer (PANIC, RESET, STOP) is acknowledged and handed to the application as
-//! an [`Event::Command`]; the library never acts on it (it never aborts).
+//! queue. Every doorbell on a running link also checks that the resource
+//! table still has the structure validated at start
+//! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify)): a
+//! peer that rewrote it takes the link down (every vdev
+//! [`Event::VdevFailed`] with `TableError::ChangedAfterBoot`, state
+//! [`State::Crashed`]) until a restart. Every doorbell also polls the
+//! command mailbox: a command from the peer (PANIC, RESET, STOP) is
+//! acknowledged and handed to the application as an [`Event::Command`]; the
+//! library never acts on it (it never aborts).
 #![forbid(unsafe_code)]
 
 use alloc::boxed::Box;
@@ -532,6 +538,9 @@ impl<P: Platform> Instance<P> {
     pub fn handle_doorbell(&mut self, doorbell: Doorbell) {
         self.poll_mailbox();
         if self.state == State::Running {
+            self.check_table();
+        }
+        if self.state == State::Running {
             match doorbell {
                 Doorbell::All => {
                     for slot in &mut self.slots {
@@ -563,6 +572,43 @@ impl<P: Platform> Instance<P> {
             }
         }
         self.flush();
+    }
+
+    /// A running link whose table changed after validation is unusable:
+    /// every vdev fails with [`TableError::ChangedAfterBoot`] (the vdevs this
+    /// side drives are reset so their devices see the driver go) and the
+    /// link is crashed until restarted.
+    fn check_table(&mut self) {
+        let Some(link) = &self.link else { return };
+        let Err(e) = link.table.verify(&link.region) else {
+            return;
+        };
+        log::warn!(
+            "remoteproc {}: {e}; taking every vdev down",
+            self.platform.remote_cpu()
+        );
+        let error = InstanceError::Table(e);
+        for slot in &mut self.slots {
+            if let SlotState::Active(h) = &mut slot.state {
+                h.remove();
+                self.events.push(Event::VdevDown {
+                    index: slot.index,
+                    id: slot.id,
+                });
+            }
+            if let Some(link) = &slot.link {
+                if link.info().role == Role::Driver {
+                    let _ = link.reset_status();
+                }
+            }
+            slot.state = SlotState::Failed(error);
+            self.events.push(Event::VdevFailed {
+                index: slot.index,
+                id: slot.id,
+                error,
+            });
+        }
+        self.state = State::Crashed;
     }
 
     fn poll_mailbox(&mut self) {

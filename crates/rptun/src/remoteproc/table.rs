@@ -6,7 +6,9 @@
 //! [`VdevInfo`]: where its live fields are in the region, its role on this
 //! side, its notify ids and its buffer pool. Nothing here trusts the live
 //! table after the copy: the transports re-read and re-validate the fields
-//! the peer may write.
+//! the peer may write. [`LinkTable::verify`] tells whether the live table
+//! still has the structure that was validated (a peer that rewrites vring
+//! addresses, notify ids, entry offsets or carveouts after boot).
 //!
 //! - **Master** ([`assign`]): notify ids given as ANY are assigned
 //!   sequentially in table order, a vdev before its vrings (lowest id that no
@@ -35,7 +37,8 @@ use crate::shm::{Region, ShmError};
 use crate::virtio::queue::{QueueLayout, MAX_QUEUE_SIZE};
 use crate::virtio::Role;
 use crate::wire::rsc::{
-    Carveout, Located, ParseOptions, ResourceTable, RscError, VdevEntry, ANY, VDEV_LEN, VRING_LEN,
+    Carveout, Located, ParseOptions, ResourceTable, RscError, VdevEntry, ANY, CARVEOUT_LEN,
+    RSC_CARVEOUT, RSC_DEVMEM, RSC_TRACE, RSC_VDEV, TRACE_LEN, VDEV_LEN, VRING_LEN,
 };
 
 /// Most vdevs a table may have.
@@ -147,6 +150,12 @@ pub enum TableError {
         /// Why translation failed.
         cause: AddrError,
     },
+    /// The table changed after it was validated.
+    #[error(
+        "the resource table changed after it was validated (entry offsets, vring addresses or \
+         sizes, notify ids or carveouts were rewritten); the link is unusable: restart it"
+    )]
+    ChangedAfterBoot,
     /// The master left a value for the remote unassigned.
     #[error(
         "vdev {vdev}: the master did not assign its {what}; the table is not ready (or the \
@@ -263,6 +272,10 @@ pub struct LinkTable {
     pub extent: usize,
     count: usize,
     vdevs: [Option<Result<VdevInfo, VdevFault>>; MAX_VDEVS],
+    /// Entries in the offset array, as validated.
+    entries: usize,
+    /// Digest of the fields nobody may change after validation.
+    digest: u64,
 }
 
 impl LinkTable {
@@ -285,6 +298,84 @@ impl LinkTable {
     pub fn vdev(&self, index: usize) -> Option<&Result<VdevInfo, VdevFault>> {
         self.vdevs.get(index)?.as_ref()
     }
+
+    /// Checks that the live table still has the structure that was
+    /// validated: header (`ver`, `num`), the offset array, every entry's type
+    /// and, for carveouts, devmem and trace entries, all their fields; for
+    /// vdevs everything but the fields the two sides write at run time
+    /// (`gfeatures`, `status`, config space). The header's reserved words
+    /// (the command mailbox) are not covered.
+    ///
+    /// A peer that rewrites any of these after boot (vring addresses, sizes
+    /// or notify ids, entry offsets, the entry count, carveouts) gets
+    /// [`TableError::ChangedAfterBoot`]: the transports work from the
+    /// validated copy, so the change cannot mislead them, but the two sides
+    /// no longer agree on the link and it must be restarted.
+    pub fn verify(&self, region: &Region) -> Result<(), TableError> {
+        match digest(region, self.location.offset, self.entries) {
+            Ok(d) if d == self.digest => Ok(()),
+            _ => Err(TableError::ChangedAfterBoot),
+        }
+    }
+}
+
+/// FNV-1a style hash over `len` bytes of `region` at `offset`, eight
+/// bytes at a time (a change detector, not a cryptographic check: the peer
+/// could only aim a collision at itself).
+fn hash_span(h: &mut u64, region: &Region, offset: usize, len: usize) -> Result<(), ShmError> {
+    let mut buf = [0u8; 128];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        let chunk = &mut buf[..n];
+        region.read_bytes(offset + done, chunk)?;
+        let mut words = chunk.chunks_exact(8);
+        for w in &mut words {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(w);
+            *h = (*h ^ u64::from_le_bytes(x)).wrapping_mul(0x0100_0000_01b3);
+        }
+        for &b in words.remainder() {
+            *h = (*h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Digest of the immutable fields of the table at `base` with `entries`
+/// entries, walking the live offset array (any change to the array changes
+/// the digest, so following it is as good as following the validated one).
+/// Bounded by `entries` and by the region.
+fn digest(region: &Region, base: usize, entries: usize) -> Result<u64, ShmError> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    // ver, num (the reserved words are the mailbox).
+    hash_span(&mut h, region, base, 8)?;
+    hash_span(&mut h, region, base + 16, 4 * entries)?;
+    for i in 0..entries {
+        let off = region.read_u32(base + 16 + 4 * i)? as usize;
+        let at = base.checked_add(off).ok_or(ShmError::OutOfBounds {
+            offset: base,
+            len: off,
+            size: region.len(),
+        })?;
+        let ty = region.read_u32(at)?;
+        match ty {
+            RSC_CARVEOUT | RSC_DEVMEM => hash_span(&mut h, region, at, CARVEOUT_LEN)?,
+            RSC_TRACE => hash_span(&mut h, region, at, TRACE_LEN)?,
+            RSC_VDEV => {
+                // type, id, notifyid, dfeatures | config_len |
+                // num_of_vrings, reserved[2] | the vrings.
+                hash_span(&mut h, region, at, 16)?;
+                hash_span(&mut h, region, at + 20, 4)?;
+                hash_span(&mut h, region, at + 25, 3)?;
+                let n = usize::from(region.read_u8(at + 25)?);
+                hash_span(&mut h, region, at + VDEV_LEN, n * VRING_LEN)?;
+            }
+            _ => hash_span(&mut h, region, at, 4)?,
+        }
+    }
+    Ok(h)
 }
 
 /// This side's role for a vdev: `is_master XOR (reserved[0] == 0)`, where
@@ -466,6 +557,8 @@ fn process(
         extent: table.extent(),
         count,
         vdevs: [None; MAX_VDEVS],
+        entries: table.num_entries(),
+        digest: 0,
     };
     for (i, v) in entries.iter().enumerate() {
         let Some(v) = v else { continue };
@@ -485,6 +578,8 @@ fn process(
             }),
         });
     }
+    // Last: the master's assignments are part of what must not change.
+    out.digest = digest(region, loc.offset, out.entries)?;
     Ok(out)
 }
 

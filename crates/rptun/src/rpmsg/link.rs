@@ -821,6 +821,9 @@ impl<T: RpmsgTransport + 'static> Link<T> {
                 }
                 Err(e) => {
                     self.stats.transport_errors += 1;
+                    // The error may have taken the transport down: let the
+                    // link see it now (endpoints unbound, buffers void).
+                    self.sync_session(&mut sum);
                     return Err(e.into());
                 }
             }

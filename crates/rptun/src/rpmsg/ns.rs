@@ -56,6 +56,13 @@ impl<T: RpmsgTransport + 'static> Link<T> {
     }
 
     pub(crate) fn handle_ns(&mut self, m: NsMessage) {
+        if m.name.is_empty() {
+            // Would match (and bind or unbind) our unnamed endpoints, which
+            // are never announced.
+            self.stats.dropped_bad_ns += 1;
+            log::warn!("rpmsg: name-service message with an empty name (dropped)");
+            return;
+        }
         if m.addr == ADDR_ANY || m.addr == NS_ADDR {
             self.stats.dropped_bad_ns += 1;
             log::warn!(
