@@ -8,11 +8,14 @@ It creates /dev/shm/<name> (197072 bytes), clears the table area and writes
 NuttX's six-entry table at 0x18 (notify ids ANY, vring da 0) and `base` (an
 arbitrary page-aligned 32-bit value, 0xf3d5c000 by default, as in the
 snapshot: descriptor addresses are base + offset), runs the master boot
-handshake, assigns notify ids (vdev then its vrings, 0..6) and vring
-addresses (from the front of each vdev's carveout, NuttX's stride), and acts
-as the virtio DRIVER of all three vdevs: the rpmsg vdev gets its 8 RX buffers
-of 0x600 on vring0 before the status byte becomes exactly 4 (DRIVER_OK); TX
-buffers come from the same carveout. It then
+handshake, assigns notify ids (vdev then its vrings, 0..6) before
+`bootm = OK` and, as the refactored NuttX does, each vdev's vring addresses
+(from the front of its carveout, NuttX's stride) only after `bootm = OK`,
+when it creates that vdev (`--early-vrings`: all of them before, as NuttX
+did before the refactor), and acts as the virtio DRIVER of all three
+vdevs: the rpmsg vdev gets its 8 RX buffers of 0x600 on vring0 before the
+status byte becomes exactly 4 (DRIVER_OK); TX buffers come from the same
+carveout. It then
   - binds the proxy's `rpmsg-ping` (CREATE_ACK back on its CREATE; it also
     announces its own, as NuttX does, and binds on a CREATE_ACK),
   - sends N pings (cmd 3: ack + data check) of each size (17 and 1520 bytes
@@ -27,7 +30,7 @@ Doorbells are NuttX's: it only increments `seqm` and polls `seqs` every tick
 summary.
 
   pyserver.py [--shm NAME] [--base HEX] [--pings N] [--sizes 17,1520] [--timeout S]
-              [--keep] [--no-announce]
+              [--keep] [--no-announce] [--early-vrings] [--probe-delay S]
 """
 import argparse, mmap, os, struct, sys, time
 
@@ -185,8 +188,9 @@ class DriverRing:
 # --------------------------------------------------------------------------- server
 
 class Server:
-    def __init__(self, mem, base, deadline):
+    def __init__(self, mem, base, deadline, early_vrings=False, probe_delay=0.0):
         self.mem, self.base, self.deadline = mem, base, deadline
+        self.early_vrings, self.probe_delay = early_vrings, probe_delay
         self.last_seqs = None
         self.errors = 0
         self.ping_dest = None
@@ -232,6 +236,11 @@ class Server:
                 m.w32(RSC + off + 28 + 20 * i + 12, nid); nid += 1
         say(f"table written: {len(table)} bytes at {RSC:#x}, base={self.base:#x}, "
             f"notify ids 0..{nid - 1}")
+        self.carved = {}
+        if self.early_vrings:                             # pre-refactor NuttX: before bootm = OK
+            for k in range(len(self.vdev_offs)):
+                self.carved[k] = self.carve(k)
+            say("vring addresses assigned before bootm = OK (--early-vrings)")
         while not m.u32(BOOTS) & BOOT:
             if time.monotonic() > self.deadline:
                 raise Timeout("the remote's boot handshake (boots & BOOT)")
@@ -265,7 +274,10 @@ class Server:
         self.rng = []
         for k, voff in enumerate(self.vdev_offs):
             vid = m.u32(RSC + voff + 4)
-            rings, heap, heap_end = self.carve(k)
+            if k not in self.carved:
+                time.sleep(self.probe_delay)           # the previous vdev's probe, in NuttX
+                self.carved[k] = self.carve(k)
+            rings, heap, heap_end = self.carved[k]
             if vid == VIRTIO_ID_ENTROPY:
                 ring = DriverRing(self, *rings[0], f"rng{len(self.rng)}")
                 self.rng.append(dict(ring=ring, buf=heap, got=None))
@@ -462,6 +474,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="do not unlink the object at the end")
     ap.add_argument("--no-announce", action="store_true",
                     help="do not announce our rpmsg-ping: bind only on the proxy's CREATE")
+    ap.add_argument("--early-vrings", action="store_true",
+                    help="write every vring address before bootm = OK (pre-refactor NuttX order)")
+    ap.add_argument("--probe-delay", type=float, default=0.0, metavar="S",
+                    help="wait S seconds before creating each vdev after bootm = OK (NuttX "
+                    "creates and probes one vdev after the other)")
     a = ap.parse_args()
     if a.base & 0xFFF or a.base + SIZE > 1 << 32:
         ap.error("--base must be page aligned and leave the object below 4 GiB")
@@ -473,7 +490,7 @@ def main():
     mm = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
     os.close(fd)
     say(f"created {path} ({SIZE} bytes)")
-    s = Server(Mem(mm), a.base, time.monotonic() + a.timeout)
+    s = Server(Mem(mm), a.base, time.monotonic() + a.timeout, a.early_vrings, a.probe_delay)
     code = 0
     try:
         s.boot()
