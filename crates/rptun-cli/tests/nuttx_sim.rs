@@ -428,8 +428,7 @@ fn our_server_works_with_the_reference_proxy() {
 /// `rpmsg-ping` itself and accept the master's CREATE_ACK.
 ///
 /// The master writes every vring address before `bootm = OK` here (NuttX's
-/// order before its rptun refactor); the refactored order is the ignored
-/// case below.
+/// order before its rptun refactor); the refactored order is the next case.
 #[test]
 fn reference_server_checks_pass_against_our_proxy() {
     let dir = oracles();
@@ -494,33 +493,49 @@ fn reference_server_checks_pass_against_our_proxy() {
 /// at that vdev's DRIVER_OK. `--probe-delay` gives the reference server that
 /// timing deterministically.
 ///
-/// Ignored while `rptun proxy` fails it: the remote's remoteproc instance
-/// validates (and digests) every vdev's vrings when the link starts, so it
-/// reports "the master did not assign its vring address" for the vdevs not
-/// created yet, then "the resource table changed after it was validated"
-/// when the master assigns them, and takes every vdev down for good
-/// (`crates/rptun/src/remoteproc/instance.rs`, `table.rs`). Without the delay
-/// the same race fails `reference_server_checks_pass_against_our_proxy`
-/// about one run in eight. Run with `cargo test -- --ignored` once fixed.
+/// This found a bug in `rptun proxy`: its remoteproc instance validated (and
+/// digested) every vdev's vrings when the link started, so it reported "the
+/// master did not assign its vring address" for the vdevs not created yet,
+/// then "the resource table changed after it was validated" when the master
+/// assigned them, and took every vdev down for good. A device-role vdev now
+/// reads its vring entries at its driver's DRIVER_OK
+/// (`LinkTable::bind_vrings`) and guards them only from then on.
 #[test]
-#[ignore = "rptun proxy validates vring addresses before the NuttX master assigns them"]
 fn our_proxy_waits_for_vring_addresses_assigned_after_boot() {
     let dir = oracles();
-    let shm = ShmName::new("late-vrings");
-    let deadline = Instant::now() + CASE_TIMEOUT;
-    let mut cmd = Command::new(RPTUN);
-    cmd.args(["proxy", "--shm", &shm.0]);
-    let mut proxy = Proc::spawn("rptun proxy", cmd);
-    let mut server = Proc::python(
-        "pyserver.py",
-        &dir.join("pyserver.py"),
-        &["--shm", &shm.0, "--timeout", "30", "--probe-delay", "0.05"],
-    );
-    let outs = finish(&mut [&mut server, &mut proxy], deadline);
-    let sum = line(&outs[0], "pyserver", "pyserver: summary: ");
-    assert!(
-        sum.starts_with("pyserver: summary: ok=yes pings=[17x3,1520x3] rng=[1024, 1024]")
-            && sum.ends_with(" errors=0"),
-        "{sum}"
-    );
+    // With a probe delay, and with none (the race NuttX itself runs).
+    for (tag, delay) in [("late-vrings", "0.05"), ("late-vrings-now", "0")] {
+        let shm = ShmName::new(tag);
+        let deadline = Instant::now() + CASE_TIMEOUT;
+        let mut cmd = Command::new(RPTUN);
+        cmd.args(["proxy", "--shm", &shm.0]);
+        let mut proxy = Proc::spawn("rptun proxy", cmd);
+        let mut server = Proc::python(
+            "pyserver.py",
+            &dir.join("pyserver.py"),
+            &["--shm", &shm.0, "--timeout", "30", "--probe-delay", delay],
+        );
+        let outs = finish(&mut [&mut server, &mut proxy], deadline);
+        let (theirs, ours) = (&outs[0], &outs[1]);
+        // The master placed the vrings only after the boot handshake.
+        let booted = theirs
+            .find("pyserver: booted: ")
+            .unwrap_or_else(|| panic!("pyserver never booted:\n{theirs}"));
+        for vdev in ["rng0: vring da=", "rng1: vring da=", "rpmsg: gfeatures="] {
+            let at = theirs
+                .find(vdev)
+                .unwrap_or_else(|| panic!("pyserver printed no {vdev:?}:\n{theirs}"));
+            assert!(at > booted, "{vdev} before bootm = OK:\n{theirs}");
+        }
+        let sum = line(theirs, "pyserver", "pyserver: summary: ");
+        assert!(
+            sum.starts_with("pyserver: summary: ok=yes pings=[17x3,1520x3] rng=[1024, 1024]")
+                && sum.ends_with(" errors=0"),
+            "probe delay {delay}: {sum}"
+        );
+        assert!(
+            !ours.contains("changed after it was validated") && !ours.contains("did not assign"),
+            "probe delay {delay}: rptun proxy complained:\n{ours}"
+        );
+    }
 }
