@@ -21,16 +21,22 @@
 //! Vdevs: for each vdev the [`Registry`] factory of its device id and this
 //! side's role builds a [`VirtioHandler`]. A driver-role handler is built at
 //! start; a device-role one once the driver set DRIVER_OK (and removed again
-//! if the driver resets the device). A vdev without a factory is skipped with
-//! a log line; a vdev whose table entry or factory fails is marked failed;
-//! neither affects the other vdevs.
+//! if the driver resets the device). A device-role vdev's vring entries are
+//! its driver's until DRIVER_OK (NuttX's refactored master writes a vdev's
+//! vring addresses only when it creates that vdev, after boot): they are read
+//! and validated at DRIVER_OK
+//! ([`LinkTable::bind_vrings`](crate::remoteproc::table::LinkTable::bind_vrings)),
+//! and bad values there fail only that vdev. A vdev without a factory is
+//! skipped with a log line; a vdev whose table entry or factory fails is
+//! marked failed; neither affects the other vdevs.
 //!
 //! Doorbells: the platform calls [`Instance::handle_doorbell`] with the
 //! notify id that rang, or [`Doorbell::All`]. An id reaches only the vdev
 //! that owns it, and a queue's handler is called only when the peer
 //! published new work on it; "all" polls every handler and checks every
 //! queue. Every doorbell on a running link also checks that the resource
-//! table still has the structure validated at start
+//! table still has the structure validated at start (a device-role vdev's
+//! vring entries from its DRIVER_OK on)
 //! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify)): a
 //! peer that rewrote it takes the link down (every vdev
 //! [`Event::VdevFailed`] with `TableError::ChangedAfterBoot`, state
@@ -525,7 +531,15 @@ impl<P: Platform> Instance<P> {
                 Role::Driver => activate(&mut self.registry, slot, &mut self.events),
                 Role::Device => {
                     // Created at once if the driver is already up.
-                    service(&mut self.registry, slot, Which::Config, &mut self.events);
+                    if let Some(link) = &mut self.link {
+                        service(
+                            &mut self.registry,
+                            link,
+                            slot,
+                            Which::Config,
+                            &mut self.events,
+                        );
+                    }
                 }
             }
         }
@@ -540,11 +554,11 @@ impl<P: Platform> Instance<P> {
         if self.state == State::Running {
             self.check_table();
         }
-        if self.state == State::Running {
+        if let (State::Running, Some(link)) = (self.state, &mut self.link) {
             match doorbell {
                 Doorbell::All => {
                     for slot in &mut self.slots {
-                        service(&mut self.registry, slot, Which::All, &mut self.events);
+                        service(&mut self.registry, link, slot, Which::All, &mut self.events);
                     }
                 }
                 Doorbell::Id(id) => {
@@ -559,14 +573,32 @@ impl<P: Platform> Instance<P> {
                     match target {
                         Some((i, which)) => service(
                             &mut self.registry,
+                            link,
                             &mut self.slots[i],
                             which,
                             &mut self.events,
                         ),
-                        None => log::debug!(
-                            "remoteproc {}: doorbell for unknown notify id {id}; ignored",
-                            self.platform.remote_cpu()
-                        ),
+                        None => {
+                            // Maybe a vring of a vdev whose driver has just
+                            // set DRIVER_OK (its vring ids are not settled
+                            // before): look at the waiting ones.
+                            log::debug!(
+                                "remoteproc {}: doorbell for notify id {id}, which no live \
+                                 vdev owns; checking the vdevs waiting for their driver",
+                                self.platform.remote_cpu()
+                            );
+                            for slot in &mut self.slots {
+                                if matches!(slot.state, SlotState::Waiting) {
+                                    service(
+                                        &mut self.registry,
+                                        link,
+                                        slot,
+                                        Which::Config,
+                                        &mut self.events,
+                                    );
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -834,14 +866,15 @@ fn has_work<N: Notify>(link: &VdevLink<N>, seen: &mut [Option<u16>], q: u16) -> 
     }
 }
 
-/// Handles a doorbell for one vdev.
+/// Handles a doorbell for one vdev of `shared` (the running link).
 fn service<N: Notify + Clone>(
     registry: &mut Registry<N>,
+    shared: &mut Link<N>,
     slot: &mut Slot<N>,
     mut which: Which,
     events: &mut Vec<Event>,
 ) {
-    let Some(link) = &slot.link else { return };
+    let Some(link) = &mut slot.link else { return };
     let role = link.info().role;
     match &slot.state {
         SlotState::Skipped | SlotState::Failed(_) => return,
@@ -849,15 +882,39 @@ fn service<N: Notify + Clone>(
             if role != Role::Device || !link.status().is_ok_and(driver_ready) {
                 return;
             }
+            // DRIVER_OK: the vring entries are settled now; read them.
+            match shared.table.bind_vrings(&shared.region, slot.index) {
+                Ok(info) => {
+                    link.set_info(info);
+                    slot.seen = vec![None; usize::from(info.num_vrings())];
+                }
+                Err(e) => {
+                    log::warn!(
+                        "vdev {} (id {}): the driver set DRIVER_OK with unusable vrings: {e}",
+                        slot.index,
+                        slot.id
+                    );
+                    let error = InstanceError::Table(e);
+                    slot.state = SlotState::Failed(error);
+                    events.push(Event::VdevFailed {
+                        index: slot.index,
+                        id: slot.id,
+                        error,
+                    });
+                    return;
+                }
+            }
             activate(registry, slot, events);
             which = Which::All;
         }
         SlotState::Active(_) => {
             if role == Role::Device && !link.status().is_ok_and(driver_ready) {
-                // The driver reset the device (or gave up): wait for it again.
+                // The driver reset the device (or gave up): wait for it
+                // again; the vring entries are its to rewrite meanwhile.
                 if let SlotState::Active(h) = &mut slot.state {
                     h.remove();
                 }
+                shared.table.unbind_vrings(slot.index);
                 slot.state = SlotState::Waiting;
                 events.push(Event::VdevDown {
                     index: slot.index,
