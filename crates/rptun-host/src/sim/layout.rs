@@ -9,7 +9,15 @@
 //! 0x18 ...         resource table (its reserved words are the command mailbox:
 //!                  cmd_master @0x20, cmd_slave @0x24), each vdev followed by its
 //!                  64 KiB carveout: rng0, rng1, rpmsg0
+//! 0x301CC u16 sleepm  rptun only: master's sleeping waiters  } the struct's
+//! 0x301CE u16 sleeps  rptun only: remote's sleeping waiters  } tail padding
 //! ```
+//!
+//! The last two words are padding in NuttX's struct (its size is rounded
+//! to 8): no NuttX field lives there, NuttX never reads them, and a NuttX
+//! peer leaves them zero. rptun's doorbell counts its sleeping waiters
+//! there so that a ring wakes the peer only when it sleeps
+//! ([`Doorbell::with_sleep_flags`](crate::doorbell::Doorbell::with_sleep_flags)).
 
 /// Default name of the shm object (`/dev/shm/server-proxy`).
 pub const SHM_NAME: &str = "server-proxy";
@@ -25,6 +33,10 @@ pub const SEQM: usize = 0x0C;
 pub const BOOTS: usize = 0x10;
 /// Offset of the master's boot word.
 pub const BOOTM: usize = 0x14;
+/// Offset of the master's sleepers word (struct padding, rptun only).
+pub const SLEEPM: usize = SHM_SIZE - 4;
+/// Offset of the remote's sleepers word (struct padding, rptun only).
+pub const SLEEPS: usize = SHM_SIZE - 2;
 /// Offset of the resource table.
 pub const RSC: usize = 0x18;
 /// Boot word bit: this side has started.
