@@ -35,8 +35,16 @@
 //! is queued in the kernel is not lost either: `FUTEX_WAIT` compares the
 //! counter with `seen` under the futex's lock and returns at once when it
 //! changed (the increment came before the wake). The sleepers word is a
-//! count, not a flag, so several threads waiting on one side (a node loop
-//! and a blocking call in another thread) cannot clear each other's mark.
+//! count (its low byte), not a flag, so several threads waiting on one side
+//! (a node loop and a blocking call in another thread) cannot clear each
+//! other's mark.
+//!
+//! The word's high byte holds the cpu the side last waited on (plus one;
+//! zero: unknown). A waiter skips its spin when the peer last waited on the
+//! waiter's own cpu: the peer would have to run on this very core to
+//! answer, and spinning only delays it (the scheduler often puts two
+//! processes that wake each other on one core). It is a hint: a wrong one
+//! costs latency, never a lost wake-up.
 //!
 //! Interoperability: a NuttX peer neither sets nor reads these words. We
 //! never wake it (it does not sleep in a futex; it polls its counter every
@@ -54,6 +62,26 @@ use std::time::{Duration, Instant};
 /// How long a blocking wait with sleep flags spins before it sleeps (see
 /// [`Doorbell::with_sleep_flags`]).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+/// The sleepers count in a side's `u16` sleepers word; the high byte is
+/// the cpu the side last waited on, plus one (zero: unknown).
+const SLEEPERS: u16 = 0x00ff;
+
+/// This thread's cpu plus one, as stored in a sleepers word (zero when it
+/// does not fit).
+fn cpu_tag() -> u16 {
+    let c = rustix::thread::sched_getcpu();
+    if c < 0xff {
+        c as u16 + 1
+    } else {
+        0
+    }
+}
+
+/// How long an adaptive wait spins before it starts yielding between spins.
+const PURE_SPIN: Duration = Duration::from_micros(1);
+/// The short spins between yields of an adaptive wait.
+const YIELD_SPIN: Duration = Duration::from_micros(1);
 
 /// Longest stretch a poll-mode wait spins before it yields the cpu once: on
 /// a machine with more runnable threads than cores a pure spin would keep
@@ -172,7 +200,8 @@ impl Doorbell {
                 a.fetch_add(1, Ordering::SeqCst);
                 race_stretch();
                 // The load after the increment: see the module docs.
-                self.flag(peer).is_none_or(|f| f.load(Ordering::SeqCst) != 0)
+                self.flag(peer)
+                    .is_none_or(|f| f.load(Ordering::SeqCst) & SLEEPERS != 0)
             }
             None => {
                 a.fetch_add(1, Ordering::AcqRel);
@@ -207,8 +236,7 @@ impl Doorbell {
     fn spin_until(&self, a: &AtomicU32, seen: u32, gen: u32, until: Instant) -> u32 {
         loop {
             let now = a.load(Ordering::Acquire);
-            if now != seen || self.local.load(Ordering::Acquire) != gen || Instant::now() >= until
-            {
+            if now != seen || self.local.load(Ordering::Acquire) != gen || Instant::now() >= until {
                 return now;
             }
             for _ in 0..16 {
@@ -230,14 +258,44 @@ impl Doorbell {
             let _ = futex::wait(a, futex::Flags::empty(), seen, Some(&ts(nap)));
             return a.load(Ordering::Acquire);
         };
-        let spin_end = start + self.spin.min(nap);
-        let now = self.spin_until(a, seen, gen, spin_end);
-        if now != seen || self.local.load(Ordering::Acquire) != gen {
-            return now;
+        // Spin: a peer on another core answers within a few microseconds.
+        // Not when the peer last waited on the core we are on: it would have
+        // to run here, which our spinning only delays. Past the first
+        // stretch, yield between short spins anyway (the peer may have
+        // moved to our core since).
+        let cpu = cpu_tag();
+        let word = flag.load(Ordering::Relaxed);
+        if word >> 8 != cpu {
+            let _ = flag.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some((w & SLEEPERS) | (cpu << 8))
+            });
+        }
+        let peer_cpu = self
+            .flags
+            .and_then(|(_, peer)| self.flag(peer))
+            .map_or(0, |f| f.load(Ordering::Relaxed) >> 8);
+        let spin = if cpu != 0 && peer_cpu == cpu {
+            Duration::ZERO
+        } else {
+            self.spin
+        };
+        let spin_end = start + spin.min(nap);
+        let mut until = start + PURE_SPIN;
+        loop {
+            let now = self.spin_until(a, seen, gen, until.min(spin_end));
+            if now != seen || self.local.load(Ordering::Acquire) != gen {
+                return now;
+            }
+            let t = Instant::now();
+            if t >= spin_end {
+                break;
+            }
+            std::thread::yield_now();
+            until = t + YIELD_SPIN;
         }
         let nap = nap.saturating_sub(start.elapsed());
         if nap.is_zero() {
-            return now;
+            return seen;
         }
         flag.fetch_add(1, Ordering::SeqCst);
         race_stretch();
@@ -462,8 +520,8 @@ mod tests {
         }
         t.join().unwrap().unwrap();
         // Nobody sleeps any more: both sleepers words are back to zero.
-        assert_eq!(r.load_u16(8).unwrap(), 0);
-        assert_eq!(r.load_u16(10).unwrap(), 0);
+        assert_eq!(r.load_u16(8).unwrap() & SLEEPERS, 0);
+        assert_eq!(r.load_u16(10).unwrap() & SLEEPERS, 0);
     }
 
     #[test]
@@ -484,14 +542,14 @@ mod tests {
         let (a, b) = adaptive_pair(&r, Duration::ZERO, Duration::from_secs(30));
         let t = std::thread::spawn(move || b.wait(0, Duration::from_secs(30)));
         let start = Instant::now();
-        while r.load_u16(10).unwrap() == 0 {
+        while r.load_u16(10).unwrap() & SLEEPERS == 0 {
             assert!(start.elapsed() < Duration::from_secs(30), "never slept");
             std::thread::yield_now();
         }
-        assert_eq!(r.load_u16(8).unwrap(), 0, "the ringer does not sleep");
+        assert_eq!(r.load_u16(8).unwrap(), 0, "the ringer never waited");
         a.ring();
         assert_eq!(t.join().unwrap(), 1);
-        assert_eq!(r.load_u16(10).unwrap(), 0);
+        assert_eq!(r.load_u16(10).unwrap() & SLEEPERS, 0);
     }
 
     #[test]
