@@ -40,11 +40,13 @@
 //! other's mark.
 //!
 //! The word's high byte holds the cpu the side last waited on (plus one;
-//! zero: unknown). A waiter skips its spin when the peer last waited on the
-//! waiter's own cpu: the peer would have to run on this very core to
-//! answer, and spinning only delays it (the scheduler often puts two
-//! processes that wake each other on one core). It is a hint: a wrong one
-//! costs latency, never a lost wake-up.
+//! zero: unknown). A waiter whose peer last waited on the waiter's own cpu
+//! only yields during its spin instead of spinning: the peer has to run on
+//! this very core to answer, and a busy spin would only delay it (the
+//! scheduler often puts two processes that wake each other on one core);
+//! staying runnable, rather than sleeping at once, lets the scheduler move
+//! one of the two to an idle core. It is a hint: a wrong one costs latency,
+//! never a lost wake-up.
 //!
 //! Interoperability: a NuttX peer neither sets nor reads these words. We
 //! never wake it (it does not sleep in a futex; it polls its counter every
@@ -79,9 +81,9 @@ fn cpu_tag() -> u16 {
 }
 
 /// How long an adaptive wait spins before it starts yielding between spins.
-const PURE_SPIN: Duration = Duration::from_micros(1);
+const PURE_SPIN: Duration = Duration::from_micros(5);
 /// The short spins between yields of an adaptive wait.
-const YIELD_SPIN: Duration = Duration::from_micros(1);
+const YIELD_SPIN: Duration = Duration::from_micros(2);
 
 /// Longest stretch a poll-mode wait spins before it yields the cpu once: on
 /// a machine with more runnable threads than cores a pure spin would keep
@@ -259,10 +261,12 @@ impl Doorbell {
             return a.load(Ordering::Acquire);
         };
         // Spin: a peer on another core answers within a few microseconds.
-        // Not when the peer last waited on the core we are on: it would have
-        // to run here, which our spinning only delays. Past the first
-        // stretch, yield between short spins anyway (the peer may have
-        // moved to our core since).
+        // Past the first stretch, yield between short spins (the peer may
+        // have moved to our core). When the peer last waited on the core we
+        // are on, only yield: it has to run here to answer, and spinning
+        // would only delay it, while sleeping at once would let every wake
+        // pull the two of us onto this one core for good; staying runnable
+        // lets the scheduler move one of us to an idle core.
         let cpu = cpu_tag();
         let word = flag.load(Ordering::Relaxed);
         if word >> 8 != cpu {
@@ -274,13 +278,13 @@ impl Doorbell {
             .flags
             .and_then(|(_, peer)| self.flag(peer))
             .map_or(0, |f| f.load(Ordering::Relaxed) >> 8);
-        let spin = if cpu != 0 && peer_cpu == cpu {
-            Duration::ZERO
+        let (pure, between) = if cpu != 0 && peer_cpu == cpu {
+            (Duration::ZERO, Duration::ZERO)
         } else {
-            self.spin
+            (PURE_SPIN, YIELD_SPIN)
         };
-        let spin_end = start + spin.min(nap);
-        let mut until = start + PURE_SPIN;
+        let spin_end = start + self.spin.min(nap);
+        let mut until = start + pure;
         loop {
             let now = self.spin_until(a, seen, gen, until.min(spin_end));
             if now != seen || self.local.load(Ordering::Acquire) != gen {
@@ -291,7 +295,7 @@ impl Doorbell {
                 break;
             }
             std::thread::yield_now();
-            until = t + YIELD_SPIN;
+            until = t + between;
         }
         let nap = nap.saturating_sub(start.elapsed());
         if nap.is_zero() {

@@ -896,9 +896,11 @@ impl Node {
     // -------------------------------------------------------------- commands
 
     fn link_to(&self, cpu: &str) -> Result<LinkId, String> {
-        let known = self.cpus();
-        let c = RemoteCpu::new(cpu).map_err(|_| no_link(cpu, &known))?;
-        self.bus.link_by_cpu(&c).ok_or_else(|| no_link(cpu, &known))
+        // The list of known cpus only for the error (this runs per ping).
+        let c = RemoteCpu::new(cpu).map_err(|_| no_link(cpu, &self.cpus()))?;
+        self.bus
+            .link_by_cpu(&c)
+            .ok_or_else(|| no_link(cpu, &self.cpus()))
     }
 
     fn down_hint(&self, cpu: &str) -> String {
