@@ -301,14 +301,20 @@ impl Doorbell {
         if nap.is_zero() {
             return seen;
         }
-        flag.fetch_add(1, Ordering::SeqCst);
+        // Saturating in the low byte (never carries into the cpu byte), so
+        // that a word a peer cleared under us cannot wrap.
+        let _ = flag.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            Some(if w & SLEEPERS == SLEEPERS { w } else { w + 1 })
+        });
         race_stretch();
         // The load after the announcement: see the module docs.
         let now = a.load(Ordering::SeqCst);
         if now == seen {
             let _ = futex::wait(a, futex::Flags::empty(), seen, Some(&ts(nap)));
         }
-        flag.fetch_sub(1, Ordering::SeqCst);
+        let _ = flag.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            Some(if w & SLEEPERS == 0 { w } else { w - 1 })
+        });
         a.load(Ordering::Acquire)
     }
 

@@ -14,10 +14,13 @@
 //! ```
 //!
 //! The last two words are padding in NuttX's struct (its size is rounded
-//! to 8): no NuttX field lives there, NuttX never reads them, and a NuttX
-//! peer leaves them zero. rptun's doorbell counts its sleeping waiters
-//! there so that a ring wakes the peer only when it sleeps
+//! to 8): no NuttX field lives there and NuttX never reads them. rptun's
+//! doorbell counts its sleeping waiters there so that a ring wakes the peer
+//! only when it sleeps
 //! ([`Doorbell::with_sleep_flags`](crate::doorbell::Doorbell::with_sleep_flags)).
+//! Our master's boot clears the object up to them, not them (the remote may
+//! be asleep); a peer that clears them anyway costs at most one late
+//! (bounded-sleep) wake-up, and the counts saturate instead of wrapping.
 
 /// Default name of the shm object (`/dev/shm/server-proxy`).
 pub const SHM_NAME: &str = "server-proxy";
