@@ -93,7 +93,7 @@ const POLL_SLICE: Duration = Duration::from_micros(50);
 /// Between the two steps of each side of the wake-up protocol: nothing in
 /// a build, a random delay in tests, which widens every race window so that
 /// the stress tests would catch a protocol whose correctness depends on
-/// timing (swapping a ringer's two steps fails them within a few rounds).
+/// timing (swapping a ringer's two steps fails the no-spin one within seconds).
 #[inline(always)]
 fn race_stretch() {
     #[cfg(test)]
