@@ -9,7 +9,7 @@
 //! Either side later sees the other's restart as `NEED_RESET` in its own
 //! word ([`take_need_reset`]).
 
-use super::layout::{RSC, SHM_SIZE};
+use super::layout::{RSC, SHM_SIZE, SLEEPM};
 use rptun::remoteproc::shmem::{self, ShmemError};
 use rptun::shm::{Region, ShmError};
 use std::time::{Duration, Instant};
@@ -45,7 +45,11 @@ pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), Bo
     if RSC + table.len() > SHM_SIZE.min(region.len()) {
         return Err(BootError::TableTooBig(table.len()));
     }
-    shmem::master_publish(region, table, base).map_err(|e| match e {
+    // Up to the doorbells' sleepers words, not them: a remote may sleep on
+    // its doorbell right now, and clearing its count would make our rings
+    // skip its wake-up (see `layout::SLEEPM`).
+    let below_sleepers = region.subregion(0, SLEEPM.min(region.len()))?;
+    shmem::master_publish(&below_sleepers, table, base).map_err(|e| match e {
         ShmemError::Shm(e) => BootError::Shm(e),
         _ => BootError::TableTooBig(table.len()),
     })
@@ -162,5 +166,22 @@ mod tests {
         let r = Region::new_heap(SHM_SIZE);
         let e = remote_boot(&r, Duration::from_secs(5), || false).unwrap_err();
         assert_eq!(e, BootError::Cancelled);
+    }
+
+    #[test]
+    fn publishing_clears_the_old_table_but_not_a_sleeping_remote() {
+        let r = Region::new_heap(SHM_SIZE);
+        r.fill(RSC, SHM_SIZE - RSC, 0xee).unwrap();
+        r.store_u16(super::super::layout::SLEEPS, 0x0201).unwrap();
+        master_publish(&r, &[1, 2, 3, 4], 0x1000_0000).unwrap();
+        let mut after = [0u8; 8];
+        r.read_bytes(RSC, &mut after).unwrap();
+        assert_eq!(after, [1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(
+            r.read_u8(SLEEPM - 1).unwrap(),
+            0,
+            "the carveouts are cleared"
+        );
+        assert_eq!(r.load_u16(super::super::layout::SLEEPS).unwrap(), 0x0201);
     }
 }

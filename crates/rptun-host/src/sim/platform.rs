@@ -30,7 +30,7 @@ use rptun::remoteproc::Role;
 use rptun::shm::Region;
 
 use super::boot::{self, BootError};
-use super::layout::{BASE, BOOT, BOOTS, DEFAULT_BASE, RSC, SEQM, SEQS};
+use super::layout::{BASE, BOOT, BOOTS, DEFAULT_BASE, RSC, SEQM, SEQS, SLEEPM, SLEEPS};
 use crate::doorbell::Doorbell;
 
 /// The simulator's doorbell handle: rings the peer by incrementing this
@@ -41,13 +41,18 @@ pub struct SimBell(Doorbell);
 
 impl SimBell {
     /// The doorbell of `role` in `region`: rings `seqm` (master) or `seqs`
-    /// (remote), waits on the other one.
+    /// (remote), waits on the other one; adaptive (wakes the peer only when
+    /// its sleepers word says it sleeps, see [`layout`](super::layout)).
     pub fn new(region: Region, role: Role, poll: bool, max_sleep: Duration) -> SimBell {
-        let (mine, peer) = match role {
-            Role::Master => (SEQM, SEQS),
-            Role::Remote => (SEQS, SEQM),
+        let (mine, peer, my_flag, peer_flag) = match role {
+            Role::Master => (SEQM, SEQS, SLEEPM, SLEEPS),
+            Role::Remote => (SEQS, SEQM, SLEEPS, SLEEPM),
         };
-        SimBell(Doorbell::new(region, mine, peer, poll).with_max_sleep(max_sleep))
+        SimBell(
+            Doorbell::new(region, mine, peer, poll)
+                .with_max_sleep(max_sleep)
+                .with_sleep_flags(my_flag, peer_flag),
+        )
     }
 
     /// The underlying host doorbell (to wait on the peer's counter).

@@ -167,13 +167,23 @@ impl SlotTransport {
     fn refresh(&mut self) {
         let s = lock(&self.seat);
         if let Some(t) = &s.t {
-            let t = t.t();
-            self.tx = t.tx_region().clone();
-            self.rx = t.rx_region().clone();
-            self.tx_size = t.tx_buffer_size();
-            self.rx_size = t.rx_buffer_size();
-            self.remote = t.remote_cpu();
-            self.local = t.local_cpu();
+            Self::view(t.t(), &mut self.tx, &mut self.rx);
+            self.tx_size = t.t().tx_buffer_size();
+            self.rx_size = t.t().rx_buffer_size();
+            self.remote = t.t().remote_cpu();
+            self.local = t.t().local_cpu();
+        }
+    }
+
+    /// Copies the occupant's regions (only when they changed: this runs
+    /// on every transport call).
+    fn view(t: &dyn RpmsgTransport, tx: &mut Region, rx: &mut Region) {
+        let same = |a: &Region, b: &Region| a.base_addr() == b.base_addr() && a.len() == b.len();
+        if !same(tx, t.tx_region()) {
+            *tx = t.tx_region().clone();
+        }
+        if !same(rx, t.rx_region()) {
+            *rx = t.rx_region().clone();
         }
     }
 
@@ -181,15 +191,21 @@ impl SlotTransport {
         &mut self,
         f: impl FnOnce(&mut dyn RpmsgTransport) -> Result<R, TransportError>,
     ) -> Result<R, TransportError> {
-        let r = {
-            let mut s = lock(&self.seat);
-            match s.t.as_mut() {
-                Some(t) => f(t.t_mut()),
-                None => Err(TransportError::LinkDown),
+        // One lock for the call and the refresh.
+        let mut s = lock(&self.seat);
+        match s.t.as_mut() {
+            Some(t) => {
+                let r = f(t.t_mut());
+                let t = t.t();
+                Self::view(t, &mut self.tx, &mut self.rx);
+                self.tx_size = t.tx_buffer_size();
+                self.rx_size = t.rx_buffer_size();
+                self.remote = t.remote_cpu();
+                self.local = t.local_cpu();
+                r
             }
-        };
-        self.refresh();
-        r
+            None => Err(TransportError::LinkDown),
+        }
     }
 }
 

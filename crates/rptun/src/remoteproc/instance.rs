@@ -61,7 +61,7 @@ use crate::remoteproc::table::{self, LinkTable, TableError};
 use crate::remoteproc::vdev::{driver_ready, VdevDevice, VdevDriver, VdevLink};
 use crate::remoteproc::Role as LinkRole;
 use crate::shm::Region;
-use crate::virtio::{Role, VirtioError};
+use crate::virtio::{QueueMem, Role, VirtioError};
 
 /// Life-cycle state of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,6 +219,15 @@ struct Slot<N> {
     state: SlotState,
     /// Per queue, the peer index last delivered to the handler.
     seen: Vec<Option<u16>>,
+    /// Per queue, where the ring lives, for the index the peer advances
+    /// (its used index when we drive, its avail index when we are the
+    /// device): worked out once when the vdev becomes active, not on every
+    /// doorbell, and read only while it is active. The slots are rebuilt on
+    /// every start, and a table changed under a running link crashes it
+    /// before any doorbell is served ([`Instance::check_table`]), so a
+    /// cached layout never outlives the validated table it came from.
+    /// (Index loads stay bounds-checked by the region.)
+    watch: Vec<Option<QueueMem>>,
 }
 
 struct Link<N> {
@@ -477,6 +486,7 @@ impl<P: Platform> Instance<P> {
                     link: Some(VdevLink::new(region.clone(), map, *info, notifier.clone())),
                     state: SlotState::Waiting,
                     seen: vec![None; usize::from(info.num_vrings())],
+                    watch: Vec::new(),
                 },
                 Err(fault) => Slot {
                     index: fault.index,
@@ -484,6 +494,7 @@ impl<P: Platform> Instance<P> {
                     link: None,
                     state: SlotState::Failed(InstanceError::Table(fault.error)),
                     seen: Vec::new(),
+                    watch: Vec::new(),
                 },
             })
             .collect();
@@ -812,6 +823,14 @@ fn activate<N: Notify + Clone>(
         Ok(Some(Ok(h))) => {
             slot.state = SlotState::Active(h);
             slot.seen.iter_mut().for_each(|s| *s = None);
+            // The handler has set its queues up (a driver assigned its
+            // vrings): their layout is final until the vdev goes down.
+            slot.watch = match &slot.link {
+                Some(l) => (0..l.info().num_vrings())
+                    .map(|q| l.queue_mem(q).ok())
+                    .collect(),
+                None => Vec::new(),
+            };
             events.push(Event::VdevUp {
                 index: slot.index,
                 id: slot.id,
@@ -846,8 +865,13 @@ fn activate<N: Notify + Clone>(
 
 /// True when the peer published new work on queue `q` since the last
 /// delivery (new avail entries for a device, new used ones for a driver).
-fn has_work<N: Notify>(link: &VdevLink<N>, seen: &mut [Option<u16>], q: u16) -> bool {
-    let Ok(mem) = link.queue_mem(q) else {
+fn has_work<N: Notify>(
+    link: &VdevLink<N>,
+    watch: &[Option<QueueMem>],
+    seen: &mut [Option<u16>],
+    q: u16,
+) -> bool {
+    let Some(Some(mem)) = watch.get(usize::from(q)) else {
         return false;
     };
     let at = match link.info().role {
@@ -916,6 +940,7 @@ fn service<N: Notify + Clone>(
                 }
                 shared.table.unbind_vrings(slot.index);
                 slot.state = SlotState::Waiting;
+                slot.watch.clear();
                 events.push(Event::VdevDown {
                     index: slot.index,
                     id: slot.id,
@@ -930,14 +955,14 @@ fn service<N: Notify + Clone>(
     match which {
         Which::Config => h.poll(),
         Which::Queue(q) => {
-            if has_work(link, &mut slot.seen, q) {
+            if has_work(link, &slot.watch, &mut slot.seen, q) {
                 h.notify(q);
             }
         }
         Which::All => {
             h.poll();
             for q in 0..link.info().num_vrings() {
-                if has_work(link, &mut slot.seen, q) {
+                if has_work(link, &slot.watch, &mut slot.seen, q) {
                     h.notify(q);
                 }
             }
