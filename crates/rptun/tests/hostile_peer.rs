@@ -925,6 +925,48 @@ fn master_takes_the_link_down_when_the_remote_rewrites_the_table() {
     }
 }
 
+/// A link that verifies its table only every few doorbells (as a fast host
+/// link does, with its own clock on top) still takes itself down within
+/// that many doorbells, and at once when its owner asks.
+#[test]
+fn a_thinned_table_check_takes_the_link_down_within_its_bound() {
+    const EVERY: u32 = 4;
+    for (what, change) in table_changes() {
+        for ask in [false, true] {
+            let r = Region::new_heap(REGION_LEN);
+            fill_guard(&r);
+            let mut us = InstanceSide::new(true, &r);
+            us.inst.set_table_check_every(EVERY);
+            us.inst.start().unwrap();
+            let mut peer = FakeDevice::attach(&r);
+            let (svc, got) = {
+                let mut g = us.drv.lock().unwrap();
+                let link = g.as_mut().unwrap();
+                link.poll().unwrap();
+                bind_as_driver(link, &mut peer)
+            };
+            for tag in [&b"one"[..], b"two"] {
+                let mut g = us.drv.lock().unwrap();
+                driver_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, tag);
+            }
+            for _ in 0..2 * EVERY {
+                us.doorbell();
+            }
+            assert_eq!(us.inst.state(), State::Running, "{what}");
+
+            change(&r, &peer.map);
+            if ask {
+                assert!(!us.inst.verify_table(), "{what}");
+            } else {
+                for _ in 0..EVERY {
+                    us.doorbell();
+                }
+            }
+            assert_table_refused(&us, what);
+        }
+    }
+}
+
 /// The fake master's table, written and assigned; returns the pool offset.
 fn fake_master_table(r: &Region) -> usize {
     r.fill(RSC, RSC_MAX, 0).unwrap();

@@ -343,7 +343,23 @@ pub struct Node {
     last_linked_check: Instant,
     /// The links that were ready (up, ping endpoint bound) last we looked.
     ready_links: Vec<LinkId>,
+    /// The bus's link ids, refreshed on every step (kept: no allocation).
+    link_ids: Vec<LinkId>,
+    /// When the loop body verifies the resource table next (see
+    /// [`TABLE_CHECK_PERIOD`]).
+    next_table_check: Instant,
 }
+
+/// How often the loop body verifies the resource table against the digest
+/// taken when it was validated (a peer that rewrites it takes the link down
+/// within about this long). Between these the instance verifies it on every
+/// [`TABLE_CHECK_DOORBELLS`]-th doorbell and after every link event
+/// ([`Instance::set_table_check_every`]); verifying it on every doorbell
+/// cost about a tenth of a round trip.
+pub const TABLE_CHECK_PERIOD: Duration = Duration::from_millis(2);
+
+/// See [`TABLE_CHECK_PERIOD`].
+pub const TABLE_CHECK_DOORBELLS: u32 = 256;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -468,6 +484,8 @@ impl Node {
             }
         }
         let mut instance = Instance::new(platform, reg);
+        // Verified on the clock in `step` (and every so many doorbells).
+        instance.set_table_check_every(TABLE_CHECK_DOORBELLS);
         let (ev_tx, events) = channel();
         instance.set_event_handler(move |e| {
             let _ = ev_tx.send(*e);
@@ -520,6 +538,8 @@ impl Node {
             exit: None,
             next_auto_start: Instant::now(),
             last_linked_check: Instant::now(),
+            link_ids: Vec::new(),
+            next_table_check: Instant::now(),
             ready_links: Vec::new(),
         })
     }
@@ -668,19 +688,33 @@ impl Node {
     /// One round of the loop: boot words, doorbells, rpmsg. Called by the
     /// node thread after every wake-up; also usable while a command waits.
     pub fn step(&mut self) {
-        self.check_boot_words();
+        self.step_at(Some(Instant::now()));
+    }
+
+    /// [`Node::step`] with the clock already read (`now`), or without the
+    /// timed checks (`None`: the loop body reads the clock only every
+    /// [`CLOCK_EVERY_STEPS`]-th busy round and on every idle one).
+    fn step_at(&mut self, now: Option<Instant>) {
+        self.check_boot_words_at(now);
+        if let Some(now) = now {
+            self.timed_checks(now);
+        }
         self.instance.handle_doorbell(Target::All);
         self.after_instance();
         self.poll_bus();
     }
 
     fn poll_bus(&mut self) {
-        for lid in self.bus.link_ids() {
+        let mut ids = std::mem::take(&mut self.link_ids);
+        self.bus.link_ids_into(&mut ids);
+        for &lid in &ids {
             if let Err(e) = self.bus.poll(lid) {
                 log::debug!("rpmsg poll: {e}");
             }
         }
-        for lid in self.bus.link_ids() {
+        // Polling may add or remove links (services do).
+        self.bus.link_ids_into(&mut ids);
+        for &lid in &ids {
             let ready = self.link_ready(lid);
             let was = self.ready_links.contains(&lid);
             if ready == was {
@@ -703,11 +737,29 @@ impl Node {
             log::info!("link to {what} is {state}");
         }
         // Links removed from the bus are not ready any more.
-        let ids = self.bus.link_ids();
         self.ready_links.retain(|l| ids.contains(l));
+        self.link_ids = ids;
     }
 
-    fn check_boot_words(&mut self) {
+    /// What runs on the clock: the resource table's verification (every
+    /// [`TABLE_CHECK_PERIOD`]).
+    fn timed_checks(&mut self, now: Instant) {
+        if now >= self.next_table_check {
+            self.next_table_check = now + TABLE_CHECK_PERIOD;
+            self.instance.verify_table();
+        }
+    }
+
+    /// [`Node::check_boot_words_at`] and [`Node::timed_checks`] at `now`:
+    /// an idle round of the loop.
+    fn idle_checks(&mut self, now: Instant) {
+        self.check_boot_words_at(Some(now));
+        self.timed_checks(now);
+    }
+
+    /// The boot words; the checks that run on the clock (the runner, the
+    /// shm object still linked) only with `now`.
+    fn check_boot_words_at(&mut self, now: Option<Instant>) {
         let r = &self.region;
         match self.cfg.role {
             Role::Master => {
@@ -722,8 +774,11 @@ impl Node {
                     self.start_quiet();
                     self.instance.platform_mut().set_keep_remote(false);
                 } else if self.instance.state() == State::Running
-                    && self.last_linked_check.elapsed() > Duration::from_millis(200)
                     && self.instance.platform().has_runner()
+                    && now.is_some_and(|now| {
+                        now.saturating_duration_since(self.last_linked_check)
+                            > Duration::from_millis(200)
+                    })
                 {
                     self.last_linked_check = Instant::now();
                     if let Some(why) = self.instance.platform_mut().runner_exited() {
@@ -737,7 +792,7 @@ impl Node {
                         self.forget_remote();
                     }
                 } else if self.instance.state() != State::Running
-                    && Instant::now() >= self.next_auto_start
+                    && now.unwrap_or_else(Instant::now) >= self.next_auto_start
                     && r.load_u32(BOOTS).unwrap_or(0) & BOOT != 0
                 {
                     log::info!("{} is booting: starting the link", self.cfg.remote_name());
@@ -752,8 +807,11 @@ impl Node {
                     );
                     self.start_quiet();
                 }
-                if self.last_linked_check.elapsed() > Duration::from_millis(500) {
-                    self.last_linked_check = Instant::now();
+                if let Some(now) = now.filter(|&now| {
+                    now.saturating_duration_since(self.last_linked_check)
+                        > Duration::from_millis(500)
+                }) {
+                    self.last_linked_check = now;
                     if !self.shm.still_linked() {
                         self.exit = Some(format!(
                             "/dev/shm/{} was removed: the {} exited",
@@ -1450,15 +1508,24 @@ impl NodeHandle {
 /// queued by other threads, such as syslog lines, waits at most this long).
 const IDLE_SERVICE: Duration = Duration::from_millis(100);
 
+/// A busy loop (the peer rang) reads the clock for the timed checks only on
+/// every this-many-th round; idle rounds read it every time, so those checks
+/// run at least every [`TABLE_CHECK_PERIOD`] or this many rounds.
+const CLOCK_EVERY_STEPS: u32 = 32;
+
 fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
     let mut last_seen = None;
     let mut last_service = Instant::now();
+    let mut busy = 0u32;
     loop {
         let seen = node.bell.doorbell().peer_seq();
-        let mut worked = sh.pending.swap(false, Ordering::AcqRel);
-        while let Ok(job) = rx.try_recv() {
-            job(node);
-            worked = true;
+        // Calls and wakes set `pending` after queueing: while it reads
+        // clear there is nothing to take (and no need for the atomic swap).
+        let worked = sh.pending.load(Ordering::Relaxed) && sh.pending.swap(false, Ordering::AcqRel);
+        if worked {
+            while let Ok(job) = rx.try_recv() {
+                job(node);
+            }
         }
         if sh.cancel.load(Ordering::Acquire) {
             return None;
@@ -1468,11 +1535,22 @@ fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
         // boot words, which the peer changes without ringing.
         let rang = last_seen != Some(seen);
         last_seen = Some(seen);
-        if rang || worked || last_service.elapsed() >= IDLE_SERVICE {
-            last_service = Instant::now();
-            node.step();
+        if rang || worked {
+            // The hot path: the clock only now and then.
+            busy = busy.wrapping_add(1);
+            let now = (busy % CLOCK_EVERY_STEPS == 0).then(Instant::now);
+            if let Some(now) = now {
+                last_service = now;
+            }
+            node.step_at(now);
         } else {
-            node.check_boot_words();
+            let now = Instant::now();
+            if now.saturating_duration_since(last_service) >= IDLE_SERVICE {
+                last_service = now;
+                node.step_at(Some(now));
+            } else {
+                node.idle_checks(now);
+            }
         }
         if let Some(why) = node.exit.take() {
             return Some(why);

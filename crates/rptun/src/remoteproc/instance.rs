@@ -37,7 +37,10 @@
 //! queue. Every doorbell on a running link also checks that the resource
 //! table still has the structure validated at start (a device-role vdev's
 //! vring entries from its DRIVER_OK on)
-//! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify)): a
+//! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify));
+//! a fast link can thin that to every n-th doorbell, the one after any
+//! event, and the caller's own clock
+//! ([`Instance::set_table_check_every`], [`Instance::verify_table`]). A
 //! peer that rewrote it takes the link down (every vdev
 //! [`Event::VdevFailed`] with `TableError::ChangedAfterBoot`, state
 //! [`State::Crashed`]) until a restart. Every doorbell also polls the
@@ -224,9 +227,11 @@ struct Slot<N> {
     /// device): worked out once when the vdev becomes active, not on every
     /// doorbell, and read only while it is active. The slots are rebuilt on
     /// every start, and a table changed under a running link crashes it
-    /// before any doorbell is served ([`Instance::check_table`]), so a
-    /// cached layout never outlives the validated table it came from.
-    /// (Index loads stay bounds-checked by the region.)
+    /// at the next table check ([`Instance::check_table`]: every doorbell
+    /// by default, see [`Instance::set_table_check_every`]), so a cached
+    /// layout outlives the validated table it came from by at most that
+    /// long, and it only ever points at the vring memory that was
+    /// validated. (Index loads stay bounds-checked by the region.)
     watch: Vec<Option<QueueMem>>,
 }
 
@@ -257,6 +262,10 @@ pub struct Instance<P: Platform> {
     pending_cmd: Option<Command>,
     events: Vec<Event>,
     on_event: Option<EventHandler>,
+    /// The table is verified on every this-many-th doorbell (at least 1).
+    table_check_every: u32,
+    /// Doorbells served since the table was last verified.
+    table_unchecked: u32,
 }
 
 impl<P: Platform> fmt::Debug for Instance<P> {
@@ -283,7 +292,41 @@ impl<P: Platform> Instance<P> {
             pending_cmd: None,
             events: Vec::new(),
             on_event: None,
+            table_check_every: 1,
+            table_unchecked: 0,
         }
+    }
+
+    /// Verifies the resource table (against the digest taken when it was
+    /// validated) on every `doorbells`-th [`handle_doorbell`] instead of on
+    /// every one (the default, `1`; `0` is taken as `1`), and on the next
+    /// doorbell after any [`Event`]. The digest covers the whole table, so
+    /// on a fast link it is a sizeable part of a doorbell's cost. A caller
+    /// that sets more than 1 should also call [`verify_table`] on its own
+    /// clock (every few milliseconds) so that a peer that rewrites the table
+    /// is caught within a bounded time however few doorbells ring: the
+    /// link then goes down exactly as on a doorbell.
+    ///
+    /// [`handle_doorbell`]: Self::handle_doorbell
+    /// [`verify_table`]: Self::verify_table
+    pub fn set_table_check_every(&mut self, doorbells: u32) {
+        self.table_check_every = doorbells.max(1);
+    }
+
+    /// Verifies the resource table now (while running): a table changed
+    /// after validation takes the link down as [`handle_doorbell`] does
+    /// (every vdev fails with [`TableError::ChangedAfterBoot`], state
+    /// [`State::Crashed`], events delivered). False when it did.
+    ///
+    /// [`handle_doorbell`]: Self::handle_doorbell
+    pub fn verify_table(&mut self) -> bool {
+        if self.state != State::Running {
+            return true;
+        }
+        self.table_unchecked = 0;
+        self.check_table();
+        self.flush();
+        self.state == State::Running
     }
 
     /// Calls `f` for every [`Event`], from the context that drives the
@@ -563,7 +606,11 @@ impl<P: Platform> Instance<P> {
     pub fn handle_doorbell(&mut self, doorbell: Doorbell) {
         self.poll_mailbox();
         if self.state == State::Running {
-            self.check_table();
+            self.table_unchecked = self.table_unchecked.saturating_add(1);
+            if self.table_unchecked >= self.table_check_every || !self.events.is_empty() {
+                self.table_unchecked = 0;
+                self.check_table();
+            }
         }
         if let (State::Running, Some(link)) = (self.state, &mut self.link) {
             match doorbell {
@@ -613,6 +660,11 @@ impl<P: Platform> Instance<P> {
                     }
                 }
             }
+        }
+        if !self.events.is_empty() {
+            // Something happened on the link: look at the table on the next
+            // doorbell whatever the interval.
+            self.table_unchecked = self.table_check_every;
         }
         self.flush();
     }

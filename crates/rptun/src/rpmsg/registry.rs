@@ -279,6 +279,23 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
             .collect()
     }
 
+    /// [`link_ids`](Self::link_ids) into `out` (cleared first), for a loop
+    /// that runs on every doorbell and keeps its vector: no allocation once
+    /// `out` has room.
+    pub fn link_ids_into(&self, out: &mut Vec<LinkId>) {
+        out.clear();
+        out.extend(
+            self.links
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, e))| e.is_some())
+                .map(|(i, (g, _))| LinkId {
+                    index: i as u32,
+                    gen: *g,
+                }),
+        );
+    }
+
     /// Polls one link, then tells services what changed (link up/down, new
     /// announcements), then runs their `poll` hooks.
     pub fn poll(&mut self, id: LinkId) -> Result<PollSummary, RpmsgError> {
