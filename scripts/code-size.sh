@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Code size of rptun on a Cortex-M4F (thumbv7em-none-eabihf): builds the
 # no_std examples in examples/size-*/ (opt-level "z", fat LTO, panic=abort)
-# and prints the .text, .rodata, .data and .bss of each linked image.
+# and prints the .text, .rodata, .data and .bss of each linked image; then the
+# same for the QEMU aarch64 firmware (firmware/qemu-virt, opt-level "s", its
+# .bss holds a 1 MiB heap arena), measured by its size.sh.
 #
 #   scripts/code-size.sh                 build and print a table
 #   scripts/code-size.sh --no-build      only measure images already built
@@ -60,11 +62,12 @@ find_size_tool() {
 
 tool=$(find_size_tool)
 if [ -z "$tool" ]; then
-    echo "skipped: no size tool (install binutils-arm-none-eabi or llvm, or cargo-binutils with llvm-tools)"
-    exit 0
+    # The examples need one; the firmware row below does not (python3).
+    echo "skipped: no size tool for the thumbv7em examples (install binutils-arm-none-eabi or llvm, or cargo-binutils with llvm-tools)"
+    examples=()
 fi
 
-if [ "$build" = 1 ]; then
+if [ "$build" = 1 ] && [ "${#examples[@]}" -gt 0 ]; then
     if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
         if ! rustup target add "$target" >/dev/null 2>&1; then
             echo "skipped: the $target target is not installed and rustup could not add it"
@@ -88,7 +91,7 @@ sections() {
 }
 
 rows=()
-for ex in "${examples[@]}"; do
+for ex in ${examples[@]+"${examples[@]}"}; do
     elf="examples/$ex/target/$target/release/$ex"
     if [ ! -f "$elf" ]; then
         echo "skipped: $ex is not built (run scripts/code-size.sh without --no-build)"
@@ -96,6 +99,19 @@ for ex in "${examples[@]}"; do
     fi
     rows+=("$ex	$(sections "$elf")")
 done
+
+# The QEMU aarch64 firmware (issue #11): built when its target is installed.
+fw=firmware/qemu-virt/target/aarch64-unknown-none/release/rptun-fw-qemu-virt
+if [ "$build" = 1 ] && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-none; then
+    (cd firmware/qemu-virt && cargo build --release -q) || true
+fi
+if [ ! -f "$fw" ]; then
+    echo "skipped: the qemu-virt firmware is not built (cd firmware/qemu-virt && cargo build --release)"
+elif fwsize=$(bash firmware/qemu-virt/size.sh --tsv "$PWD/$fw" 2>/dev/null); then
+    rows+=("qemu-virt fw (aarch64)	$fwsize")
+else
+    echo "skipped: qemu-virt firmware size (firmware/qemu-virt/size.sh needs python3)"
+fi
 [ "${#rows[@]}" -gt 0 ] || exit 0
 
 if [ "$tsv" = 1 ]; then
@@ -103,10 +119,11 @@ if [ "$tsv" = 1 ]; then
     printf '%s\n' "${rows[@]}"
     exit 0
 fi
-echo "rptun code size, $target, opt-level z, fat LTO, panic=abort ($(basename "$tool"))"
-printf '%-18s %8s %8s %8s %8s %8s\n' example .text .rodata .data .bss flash
+echo "rptun code size, $target, opt-level z, fat LTO, panic=abort (${tool:+$(basename "$tool")})"
+printf '%-22s %8s %8s %8s %8s %8s\n' example .text .rodata .data .bss flash
 for r in "${rows[@]}"; do
     IFS=$'\t' read -r name t ro d b <<<"$r"
-    printf '%-18s %8d %8d %8d %8d %8d\n' "$name" "$t" "$ro" "$d" "$b" $((t + ro + d))
+    printf '%-22s %8d %8d %8d %8d %8d\n' "$name" "$t" "$ro" "$d" "$b" $((t + ro + d))
 done
-echo "flash = .text + .rodata + .data; size-rpmsg's .bss is its 16 KiB example heap"
+echo "flash = .text + .rodata + .data; size-rpmsg's .bss is its 16 KiB example heap;"
+echo "qemu-virt fw is the aarch64 firmware (opt-level s), its .bss holds a 1 MiB heap arena"

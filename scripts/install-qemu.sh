@@ -39,11 +39,12 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get update >"$log" 2>&1; then
+# Bounded: CI must never hang on a slow mirror.
+if ! timeout -k 10 300 $SUDO apt-get update >"$log" 2>&1; then
     tail -n 5 "$log" >&2
     refuse "apt-get update failed"
 fi
-if ! $SUDO apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-arm >"$log" 2>&1; then
+if ! timeout -k 10 600 $SUDO apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-arm >"$log" 2>&1; then
     tail -n 5 "$log" >&2
     refuse "apt-get install -t bookworm-backports qemu-system-arm failed"
 fi

@@ -2,7 +2,10 @@
 # Boot test of the rptun firmware on QEMU virt (Cortex-A53) with an
 # ivshmem-plain device backed by a host file.
 #
-#  1. builds the firmware (release), and a copy with the fault self-test;
+#  1. builds the firmware's bring-up demo (release, feature `demo`: a few
+#     words exchanged with the host instead of rptun; the rptun firmware
+#     itself is tested end to end by e2e.sh), and a copy with the fault
+#     self-test;
 #  2. creates a 4 MiB shared-memory file and writes the host's words into it;
 #  3. boots QEMU (bounded by `timeout`), checks the UART output: banner,
 #     ivshmem BAR2 address, the host's magic and counter as the firmware read
@@ -26,6 +29,9 @@ FW_MAGIC=0x50525859
 FW_COUNT=1000
 TMP=$(mktemp -d)
 trap 'rm -f "$SHM"; rm -rf "$TMP"' EXIT
+# QEMU tests run one at a time (this and e2e.sh share the lock).
+exec 9>/tmp/rptun-qemu-tests.lock
+flock -w 900 9 || { echo "FAILED: another QEMU test holds /tmp/rptun-qemu-tests.lock"; exit 1; }
 
 passed=0
 failed=0
@@ -50,21 +56,23 @@ rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-none \
 qemu() { # qemu LOG ELF [extra args...]: boots, bounded, no stdin
     local log=$1 elf=$2
     shift 2
-    timeout 60 qemu-system-aarch64 -M virt,highmem=off -cpu cortex-a53 -nographic \
+    timeout -k 5 60 qemu-system-aarch64 -M virt,highmem=off -cpu cortex-a53 -nographic \
         -nic none -m 128M -kernel "$elf" "$@" </dev/null >"$log" 2>&1
 }
 
 # -- build -------------------------------------------------------------------
-if ! cargo build --release --features fault-selftest --quiet; then
-    echo "FAILED: cargo build --release --features fault-selftest"
+if ! cargo build --release --features demo,fault-selftest --quiet; then
+    echo "FAILED: cargo build --release --features demo,fault-selftest"
     exit 1
 fi
 cp "$ELF" "$TMP/fault.elf"
-if ! cargo build --release --quiet; then
-    echo "FAILED: cargo build --release"
+if ! cargo build --release --features demo --quiet; then
+    echo "FAILED: cargo build --release --features demo"
     exit 1
 fi
 cp "$ELF" "$TMP/fw.elf"
+# Leave the rptun image (what `rptun ivshmem` boots by default) in place.
+cargo build --release --quiet || { echo "FAILED: cargo build --release"; exit 1; }
 
 # -- host side: shared memory with the host's words -------------------------
 rm -f "$SHM"

@@ -9,7 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use rptun_host::baseline::{self, Side};
-use rptun_host::benchlink::{Mode, Node};
+use rptun_host::benchlink::{self, Mode, NodeHandle, Server};
 use rptun_host::benchport::{self, PortNode};
 use rptun_host::shm::ShmObject;
 use rptun_host::sim::layout;
@@ -38,10 +38,6 @@ pub struct BenchArgs {
     /// Skip the idle-CPU figures.
     #[arg(long)]
     pub no_idle: bool,
-    /// Also measure the experimental adaptive doorbell (spin briefly, then
-    /// sleep; wake only a sleeping peer); see docs/PERFORMANCE.md.
-    #[arg(long)]
-    pub adaptive: bool,
     /// Where the two processes run: `auto` pins spinning figures (spin
     /// baselines, raw ring, poll mode) to two different cpus and lets the
     /// scheduler place blocking ones; `always` pins everything (the two
@@ -208,10 +204,10 @@ pub struct Results {
     pub futex: Vec<Latency>,
     /// Raw ring, per size.
     pub ring: Vec<Rate>,
-    /// rptun round trip, per mode (block, poll, adaptive) and size.
-    pub rtt: [Vec<Latency>; 3],
+    /// rptun round trip, per mode (block, poll) and size.
+    pub rtt: [Vec<Latency>; 2],
     /// rptun one-way throughput, per mode and size.
-    pub thr: [Vec<Rate>; 3],
+    pub thr: [Vec<Rate>; 2],
     /// Raw Unix-socket ping-pong, per size.
     pub sock_rtt: Vec<Latency>,
     /// Raw Unix-socket one-way stream, per size.
@@ -221,7 +217,7 @@ pub struct Results {
     /// rpmsg-port over a Unix socket: one-way throughput, per size.
     pub port_thr: Vec<Rate>,
     /// Idle CPU (% of one core) of (server, proxy), per mode.
-    pub idle: [Option<(f64, f64)>; 3],
+    pub idle: [Option<(f64, f64)>; 2],
     /// Lines for figures that could not be measured here.
     pub skipped: Vec<String>,
     /// Code-size rows: (example, text, rodata, data, bss).
@@ -236,16 +232,7 @@ pub struct Results {
     pub machine: (String, usize, String),
 }
 
-const MODES: [Mode; 3] = [Mode::Blocking, Mode::Poll, Mode::Adaptive];
-
-/// The modes this run measures.
-fn modes(args: &BenchArgs) -> Vec<Mode> {
-    let mut m = vec![Mode::Blocking, Mode::Poll];
-    if args.adaptive {
-        m.push(Mode::Adaptive);
-    }
-    m
-}
+const MODES: [Mode; 2] = [Mode::Blocking, Mode::Poll];
 
 // ------------------------------------------------------------------ children
 
@@ -403,24 +390,39 @@ fn round_baselines(
     Ok(())
 }
 
-/// A server node in this process and a proxy child, link up.
-fn sim_pair(
-    shm: &ShmObject,
-    place: &Placement,
-    mode: Mode,
-) -> Result<(Node<rptun_host::benchlink::ServerTransport>, Peer)> {
-    let r = shm.region();
-    r.fill(0, r.len(), 0)?;
-    let cpu = place.place(mode != Mode::Blocking)?;
-    let peer = Peer::spawn("sim-proxy", shm.name(), &[mode.as_str().to_string()], cpu)?;
-    let node = Node::server(r, mode, PEER_TIMEOUT)?;
-    Ok((node, peer))
+/// A simulator link: the server's node in this process, the proxy's in a
+/// child, over a fresh shm object (removing it ends the proxy, as it ends
+/// `rptun proxy`).
+struct SimPair {
+    server: Server,
+    peer: Peer,
+    obj: Unlink,
+}
+
+impl SimPair {
+    fn start(place: &Placement, mode: Mode) -> Result<SimPair> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("rptun-bench-sim-{}-{n}", std::process::id());
+        let shm = ShmObject::open_or_create(&name, layout::SHM_SIZE)?;
+        let obj = Unlink(name.clone());
+        let cpu = place.place(mode != Mode::Blocking)?;
+        let peer = Peer::spawn("sim-proxy", &name, &[mode.as_str().to_string()], cpu)?;
+        let server = Server::start(shm, mode, PEER_TIMEOUT)?;
+        Ok(SimPair { server, peer, obj })
+    }
+
+    /// STOP, remove the object, wait for the proxy to leave.
+    fn finish(self) -> Result<()> {
+        self.server.stop()?;
+        drop(self.obj);
+        self.peer.finish()
+    }
 }
 
 /// One round of rptun round trips and throughput in `mode`.
 fn round_rptun(
     args: &BenchArgs,
-    shm: &ShmObject,
     place: &Placement,
     mode: Mode,
     res: &mut Results,
@@ -430,7 +432,8 @@ fn round_rptun(
     let msgs = (args.msgs / args.rounds).max(SLOTS);
     let m = mode as usize;
     p.step(&format!("rptun rpmsg, {} mode", mode.as_str()));
-    let (mut node, peer) = sim_pair(shm, place, mode)?;
+    let mut pair = SimPair::start(place, mode)?;
+    let node = &mut pair.server;
     for (i, &size) in SIZES.iter().enumerate() {
         for _ in 0..WARMUP {
             node.ping_once(size, PEER_TIMEOUT)?;
@@ -446,8 +449,7 @@ fn round_rptun(
         let t = node.stream(size, msgs, PEER_TIMEOUT)?;
         res.thr[m][i].add_round(&t);
     }
-    node.stop()?;
-    peer.finish()
+    pair.finish()
 }
 
 /// Connects to a Unix socket, retrying while the listener is not there yet.
@@ -561,33 +563,36 @@ fn cpu_ticks(pid: &str) -> Result<u64> {
 /// architecture rptun's host side runs on.
 const USER_HZ: f64 = 100.0;
 
-/// Idle CPU of both processes with the link up and no traffic.
-fn idle(
-    args: &BenchArgs,
-    shm: &ShmObject,
-    place: &Placement,
-    mode: Mode,
-    p: &mut Progress,
-) -> Result<(f64, f64)> {
+/// Idle CPU of both processes with the link up and no traffic, both nodes
+/// in the simulator's own loop.
+fn idle(args: &BenchArgs, place: &Placement, mode: Mode, p: &mut Progress) -> Result<(f64, f64)> {
     p.step(&format!(
         "idle CPU, {} mode, {} s",
         mode.as_str(),
         args.idle_secs
     ));
-    let (mut node, peer) = sim_pair(shm, place, mode)?;
+    let SimPair {
+        mut server,
+        peer,
+        obj,
+    } = SimPair::start(place, mode)?;
     // One round trip proves the link is up and both sides are in their loop.
-    node.ping_once(17, PEER_TIMEOUT)?;
+    server.ping_once(17, PEER_TIMEOUT)?;
+    let h = NodeHandle::spawn(server.into_node()).map_err(anyhow::Error::msg)?;
     let pid = peer.pid().to_string();
     let (s0, p0) = (cpu_ticks("self")?, cpu_ticks(&pid)?);
     let t0 = Instant::now();
-    let span = Duration::from_secs(args.idle_secs);
-    while t0.elapsed() < span {
-        node.run_once(span.saturating_sub(t0.elapsed()))?;
-    }
+    std::thread::sleep(Duration::from_secs(args.idle_secs));
     let secs = t0.elapsed().as_secs_f64();
     let (s1, p1) = (cpu_ticks("self")?, cpu_ticks(&pid)?);
-    node.stop()?;
+    let up = h.call(|n| n.peer_ready()).unwrap_or(false);
+    let _ = h.call(|n| n.stop_link(Duration::from_secs(2)));
+    h.shutdown();
+    drop(obj);
     peer.finish()?;
+    if !up {
+        bail!("the link went down while idle");
+    }
     let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / USER_HZ / secs * 100.0;
     Ok((pct(s0, s1), pct(p0, p1)))
 }
@@ -1056,9 +1061,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         load: (loadavg(), String::new()),
         ..Results::default()
     };
-    let modes = modes(&args);
-    let per_round = 3 * SIZES.len() + modes.len() + 2;
-    let idle_steps = if args.no_idle { 0 } else { modes.len() };
+    let per_round = 3 * SIZES.len() + MODES.len() + 2;
+    let idle_steps = if args.no_idle { 0 } else { MODES.len() };
     let mut p = Progress {
         total: per_round * args.rounds as usize + idle_steps,
         done: 0,
@@ -1073,9 +1077,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let base_name = format!("rptun-bench-{pid}");
     let base = ShmObject::open_or_create(&base_name, baseline::region_size(SLOT, SLOTS as usize))?;
     let _u1 = Unlink(base_name);
-    let sim_name = format!("rptun-bench-sim-{pid}");
-    let sim = ShmObject::open_or_create(&sim_name, layout::SHM_SIZE)?;
-    let _u2 = Unlink(sim_name);
     let sock_path = std::env::temp_dir().join(format!("rptun-bench-{pid}.sock"));
     let port_path = std::env::temp_dir().join(format!("rptun-bench-port-{pid}.sock"));
     let _u3 = RemoveFile(sock_path.clone());
@@ -1084,15 +1085,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let r = (|| -> Result<()> {
         for _ in 0..args.rounds {
             round_baselines(&args, &base, &place, &mut res, &mut p)?;
-            for &m in &modes {
-                round_rptun(&args, &sim, &place, m, &mut res, &mut p)?;
+            for m in MODES {
+                round_rptun(&args, &place, m, &mut res, &mut p)?;
             }
             round_socket(&args, &sock_path, &place, &mut res, &mut p)?;
             round_port(&args, &port_path, &place, &mut res, &mut p)?;
         }
         if !args.no_idle {
-            for &m in &modes {
-                res.idle[m as usize] = Some(idle(&args, &sim, &place, m, &mut p)?);
+            for m in MODES {
+                res.idle[m as usize] = Some(idle(&args, &place, m, &mut p)?);
             }
         }
         Ok(())
@@ -1180,26 +1181,22 @@ pub fn peer(kind: &str, shm: &str, rest: &[String]) -> Result<()> {
             let mode = rest
                 .first()
                 .and_then(|m| Mode::parse(m))
-                .context("bench-peer sim-proxy: mode must be `block`, `poll` or `adaptive`")?;
-            serve_proxy(region()?, mode)
+                .context("bench-peer sim-proxy: mode must be `block` or `poll`")?;
+            serve_proxy(shm, mode)
         }
         _ => bail!("bench-peer: unknown kind `{kind}`"),
     }
 }
 
-/// Runs the proxy until the server sends STOP (or its parent is gone, or two
-/// minutes passed).
-fn serve_proxy(r: &rptun::shm::Region, mode: Mode) -> Result<()> {
+/// Runs the proxy's simulator node (the loop `rptun proxy` runs) until the
+/// server removes the shm object (or its parent is gone, or two minutes
+/// passed).
+fn serve_proxy(shm: &str, mode: Mode) -> Result<()> {
     let parent = rustix::process::getppid();
-    let mut node = Node::proxy(r, mode, PEER_TIMEOUT)?;
+    let obj = ShmObject::open_existing(shm, layout::SHM_SIZE)?;
     let end = Instant::now() + Duration::from_secs(120);
-    while !node.stop_requested() {
-        // Look for a vanished server only when idle: no syscall per message.
-        if !node.run_once(Duration::from_millis(50))?
-            && (Instant::now() > end || rustix::process::getppid() != parent)
-        {
-            bail!("bench-peer sim-proxy: the server went away");
-        }
-    }
-    Ok(())
+    benchlink::serve_proxy(obj, mode, PEER_TIMEOUT, || {
+        Instant::now() > end || rustix::process::getppid() != parent
+    })
+    .context("bench-peer sim-proxy")
 }

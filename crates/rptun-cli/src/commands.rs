@@ -1,12 +1,14 @@
-//! Shell commands both sides of the simulator have: `rpmsg ping|dump|test`,
-//! `rptun dump`, `ls`, `uname`, `ps`, `echo`, `sleep`, `log`.
+//! Shell commands shared by the simulator's two sides and `rptun ivshmem`:
+//! `rpmsg ping|dump|test`, `rptun dump`, `ls`, `uname`, `ps`, `echo`,
+//! `sleep`, `log`; the master's `rptun start|stop|reset|panic` and
+//! `hexdump /dev/random*`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::time::Duration;
 
 use rptun::rpmsg::services::ping::{PingParams, PING_MIN_LEN};
-use rptun_host::sim::node::NodeHandle;
+use rptun_host::sim::node::{LinkInfo, NodeHandle, PORT_TEST_NOTE};
 
 use crate::shell::{arg, failed, CmdError, Shell};
 
@@ -34,6 +36,38 @@ pub fn cpus(node: &NodeHandle, which: Option<&&str>) -> Result<Vec<String>, CmdE
     }
 }
 
+/// The links a `<cpu|all>` argument names, each with the heading `rpmsg
+/// ping all` prints for it (`cpu proxy2:`; the transport's role is added
+/// when two links lead to cpus of the same name, as on the proxy).
+pub fn links(node: &NodeHandle, which: Option<&&str>) -> Result<Vec<(LinkInfo, String)>, CmdError> {
+    let which = which.ok_or("missing argument <cpu|all>")?;
+    if *which != "all" {
+        cpus(node, Some(which))?;
+        let c = which.to_string();
+        let l = node
+            .call(move |n| n.links().into_iter().find(|l| l.cpu == c))
+            .map_err(failed)?
+            .ok_or_else(|| failed(format!("no link to cpu `{which}`")))?;
+        return Ok(vec![(l, format!("cpu {which}"))]);
+    }
+    let all = node.call(|n| n.links()).map_err(failed)?;
+    if all.is_empty() {
+        return Err(failed("no links yet"));
+    }
+    Ok(all
+        .iter()
+        .map(|l| {
+            let twins = all.iter().filter(|o| o.cpu == l.cpu).count() > 1;
+            let head = if twins {
+                format!("cpu {} ({})", l.cpu, l.role)
+            } else {
+                format!("cpu {}", l.cpu)
+            };
+            (l.clone(), head)
+        })
+        .collect())
+}
+
 fn number(s: &str, name: &str) -> Result<u32, String> {
     let r = match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16),
@@ -50,7 +84,7 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         "<cpu|all> <times> <len> <cmd> <sleep_ms>",
         "ping a cpu's rpmsg-ping endpoint (cmd bits: 1 ack, 2 check data, 4 random length)",
         move |a, o| {
-            let list = cpus(&n, a.first())?;
+            let list = links(&n, a.first())?;
             let times: u32 = arg(a, 1, "times")?;
             let len: usize = arg(a, 2, "len")?;
             let cmd = number(a.get(3).ok_or("missing argument <cmd>")?, "cmd")?;
@@ -77,15 +111,33 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
                 .random_len(cmd & 4 != 0)
                 .sleep(Duration::from_millis(sleep_ms));
             let many = a.first() == Some(&"all");
-            for cpu in list {
+            // With `all`, a link that fails does not hide the others' reports.
+            let mut failures = Vec::new();
+            for (l, head) in list {
+                let id = l.id;
                 if many {
-                    let _ = writeln!(o, "cpu {cpu}:");
+                    let _ = writeln!(o, "{head}:");
                 }
-                let c = cpu.clone();
-                let rep = n.call(move |n| n.ping(&c, &p)).map_err(failed)?;
-                let _ = write!(o, "{}", rep.map_err(failed)?);
+                let rep = n.call(move |n| n.ping_link(id, &p)).map_err(failed)?;
+                match rep {
+                    Ok(r) => {
+                        let _ = write!(o, "{r}");
+                    }
+                    Err(e) if many => {
+                        let _ = writeln!(o, "failed: {e}");
+                        failures.push(head);
+                    }
+                    Err(e) => return Err(failed(e)),
+                }
             }
-            Ok(())
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(failed(format!(
+                    "failed on {} (see above)",
+                    failures.join(", ")
+                )))
+            }
         },
     );
     let n = node.clone();
@@ -113,9 +165,15 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         "<cpu|all>",
         "send every TX buffer to a cpu's rpmsg-test endpoint, which holds and releases them",
         move |a, o| {
-            for cpu in cpus(&n, a.first())? {
+            let many = a.first() == Some(&"all");
+            for (l, _) in links(&n, a.first())? {
+                if many && l.role == "port" {
+                    let _ = writeln!(o, "rpmsg test {}: skipped ({})", l.cpu, PORT_TEST_NOTE);
+                    continue;
+                }
+                let id = l.id;
                 let line = n
-                    .call(move |n| n.test(&cpu))
+                    .call(move |n| n.test_link(id))
                     .map_err(failed)?
                     .map_err(failed)?;
                 let _ = writeln!(o, "{line}");
@@ -131,6 +189,148 @@ pub fn add_rpmsg(sh: &mut Shell<'_>, node: &NodeHandle) {
         move |_a, o| {
             let text = n.call(|n| n.rptun_dump()).map_err(failed)?;
             let _ = write!(o, "{text}");
+            Ok(())
+        },
+    );
+}
+
+/// `rptun start|stop|reset|panic`: the master's commands that drive the
+/// remoteproc link to the remote cpu `proxy`. `start` brings the remote up
+/// (spawns the simulator's proxy, boots QEMU...) and returns the line to
+/// print.
+pub fn add_rptun<'a>(
+    sh: &mut Shell<'a>,
+    handle: &NodeHandle,
+    mut start: impl FnMut() -> Result<String, String> + 'a,
+) {
+    let which = |a: &[&str]| -> Result<(), CmdError> {
+        match a.first().copied() {
+            Some("proxy") | Some("all") => Ok(()),
+            Some(c) => Err(failed(format!("no remote cpu `{c}`; known: proxy"))),
+            None => Err("missing argument <cpu|all>".into()),
+        }
+    };
+    sh.add(
+        "rptun start",
+        "<cpu|all>",
+        "start the remote cpu (spawns the proxy, or boots QEMU, if it is not running)",
+        move |a, o| {
+            which(a)?;
+            let msg = start().map_err(failed)?;
+            let _ = writeln!(o, "{msg}");
+            Ok(())
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun stop",
+        "<cpu|all>",
+        "stop the remote cpu (vdevs removed, STOP through the mailbox)",
+        move |a, o| {
+            which(a)?;
+            let acked = node
+                .call(|n| n.stop_link(Duration::from_secs(2)))
+                .map_err(failed)?
+                .map_err(failed)?;
+            if acked {
+                let _ = writeln!(o, "proxy stopped");
+            } else {
+                let _ = writeln!(
+                    o,
+                    "proxy stopped (it did not acknowledge STOP within 2 s: is it running?)"
+                );
+            }
+            Ok(())
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun reset",
+        "<cpu> <val>",
+        "reset the remote cpu with a value (RESET through the mailbox); it reboots",
+        move |a, o| {
+            if a.first() == Some(&"all") {
+                return Err("reset takes one cpu: `rptun reset proxy <val>`".into());
+            }
+            which(a)?;
+            let val: u16 = arg(a, 1, "val")?;
+            let before = node.call(|n| n.session()).map_err(failed)?;
+            let acked = node
+                .call(move |n| n.reset_link(val, Duration::from_secs(2)))
+                .map_err(failed)?
+                .map_err(failed)?;
+            if !acked {
+                return Err(failed(
+                    "proxy did not acknowledge RESET within 2 s; is it running? (`rptun dump`)",
+                ));
+            }
+            let back = node
+                .call(move |n| {
+                    n.wait_until(Duration::from_secs(5), |n| {
+                        n.peer_ready() && n.session() != before
+                    })
+                })
+                .map_err(failed)?;
+            if back {
+                let _ = writeln!(o, "proxy reset (value {val}); link up again");
+                Ok(())
+            } else {
+                Err(failed(
+                    "proxy acknowledged RESET but the link did not come back within 5 s; see \
+                     `rptun dump`",
+                ))
+            }
+        },
+    );
+    let node = handle.clone();
+    sh.add(
+        "rptun panic",
+        "<cpu>",
+        "make the remote cpu panic (PANIC through the mailbox); it halts",
+        move |a, o| {
+            if a.first() == Some(&"all") {
+                return Err("panic takes one cpu: `rptun panic proxy`".into());
+            }
+            which(a)?;
+            node.call(|n| n.panic_link())
+                .map_err(failed)?
+                .map_err(failed)?;
+            let _ = writeln!(
+                o,
+                "proxy panicked; the link is down until `rptun start proxy`"
+            );
+            Ok(())
+        },
+    );
+}
+
+/// `hexdump /dev/random|/dev/random1|/dev/zero [count=N]`: entropy from the
+/// remote's virtio-rng devices.
+pub fn add_hexdump(sh: &mut Shell<'_>, node: &NodeHandle) {
+    let n = node.clone();
+    sh.add(
+        "hexdump",
+        "<file> [count=N]",
+        "dump bytes of /dev/random (rng0) or /dev/random1 (rng1): entropy from the proxy",
+        move |a, o| {
+            let path = a.first().copied().ok_or("missing argument <file>")?;
+            let count = count_arg(&a[1..])?;
+            let data = match path {
+                "/dev/random" | "/dev/random1" => {
+                    let index = usize::from(path == "/dev/random1");
+                    n.call(move |n| n.read_random(index, count))
+                        .map_err(failed)?
+                        .map_err(failed)?
+                }
+                "/dev/zero" => vec![0u8; count],
+                other => {
+                    return Err(format!(
+                        "no such device `{other}`; try /dev/random or /dev/random1 (`ls /dev`)"
+                    )
+                    .into())
+                }
+            };
+            hexdump(o, path, &data);
             Ok(())
         },
     );

@@ -1,9 +1,11 @@
-//! The `rptun` command: the two-process simulator, its shell, benchmarks.
+//! The `rptun` command: the two-process simulator, its shell, benchmarks,
+//! and the master of the QEMU firmware over ivshmem.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod commands;
+mod ivshmem;
 mod logger;
 mod openamp;
 mod port;
@@ -30,6 +32,9 @@ enum Cmd {
     Proxy(proxy::ProxyArgs),
     /// Measure rptun against raw shared-memory baselines between two processes.
     Bench(bench::BenchArgs),
+    /// Boot the rptun firmware in QEMU (Cortex-A53 virt) and be its master
+    /// over an ivshmem file, with a shell.
+    Ivshmem(ivshmem::IvshmemArgs),
     /// Talk to OpenAMP's Linux demos (rpmsg-echo / rpmsg-echo-ping) over
     /// /dev/shm/openamp.shm and /tmp/openamp.event.0.
     Openamp(openamp::OpenampArgs),
@@ -75,6 +80,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Sim(a) => sim::run(&a),
         Cmd::Proxy(a) => proxy::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::Bench(a) => bench::run(&a).map(|()| std::process::ExitCode::SUCCESS),
+        Cmd::Ivshmem(a) => ivshmem::run(&a),
         Cmd::Openamp(a) => openamp::run(&a).map(|()| std::process::ExitCode::SUCCESS),
         Cmd::BenchPeer { kind, shm, rest } => {
             bench::peer(&kind, &shm, &rest).map(|()| std::process::ExitCode::SUCCESS)

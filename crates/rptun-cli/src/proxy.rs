@@ -4,7 +4,10 @@
 //! waits for the server's boot handshake, serves entropy on the two
 //! virtio-rng vdevs and is the device side of rpmsg. Its log lines go to the
 //! server over rpmsg syslog once the link is up (to stderr before), and its
-//! shell answers on the rpmsg tty (`cu /dev/ttyproxy` on the server). It
+//! shell answers on the rpmsg tty (`cu /dev/ttyproxy` on the server). A
+//! second link to the server, rpmsg over a byte stream (`--port-link`, by
+//! default the Unix socket `rptun sim` listens on), makes this side `proxy2`
+//! there; its services are the same. It
 //! exits when the server removes the shm object, on SIGINT/SIGTERM, and (when
 //! spawned by `rptun sim`) when its parent dies.
 #![forbid(unsafe_code)]
@@ -21,7 +24,10 @@ use rptun_host::shm::{self, ShmObject};
 use rptun_host::sim::layout::{SHM_NAME, SHM_SIZE};
 use rptun_host::sim::liveness::{self, Beacon};
 use rptun_host::sim::node::{Node, NodeConfig, NodeHandle, NodeHooks};
+use rptun_host::sim::port;
 use rptun_host::sim::syslog::SyslogQueue;
+use rptun_host::stream::serial::parse_spec;
+use rptun_host::stream::{ConnectStream, HostStream, SerialStream, StreamAddr};
 
 use crate::commands::{self, count_arg, hexdump};
 use crate::shell::{failed, Flow, Shell};
@@ -38,7 +44,63 @@ pub struct ProxyArgs {
     /// (internal) started by `rptun sim`: exit when the parent dies.
     #[arg(long, hide = true)]
     pub spawned: bool,
+    /// The second link to the server, rpmsg over a byte stream: `auto` (the
+    /// Unix socket `rptun sim` listens on for this shm object),
+    /// `unix:PATH`, `tcp:HOST:PORT`, a serial device or pty slave
+    /// (`/dev/pts/N`), or `off`.
+    #[arg(long, default_value = "auto", value_name = "STREAM")]
+    pub port_link: String,
 }
+
+/// Opens the proxy's end of the port link and attaches it to the node; a
+/// stream that cannot be opened is reported and left out (the shared-memory
+/// link works without it).
+fn open_port_link(node: &NodeHandle, spec: &str, shm: &str) -> Result<()> {
+    let stream: port::SimStream = match spec {
+        "off" => return Ok(()),
+        "auto" => Box::new(ConnectStream::new(&StreamAddr::Unix(
+            port::default_socket_path(shm),
+        ))),
+        s if s.starts_with("unix:") || s.starts_with("tcp:") => {
+            let addr: StreamAddr = s.parse()?;
+            Box::new(ConnectStream::new(&addr))
+        }
+        s if s.starts_with('/') => {
+            let (path, baud) = parse_spec(s).map_err(anyhow::Error::msg)?;
+            match SerialStream::open(&path, baud) {
+                Ok(st) => Box::new(st),
+                Err(e) => {
+                    log::warn!(
+                        "cannot open {} for the port link: {e}; running without it",
+                        path.display()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        s => anyhow::bail!(
+            "bad --port-link `{s}`: use auto, off, unix:PATH, tcp:HOST:PORT or a device path \
+             such as /dev/pts/3"
+        ),
+    };
+    let what = stream.describe();
+    // This side is proxy2 on that link; its peer is the server.
+    port::attach(
+        node,
+        stream,
+        port::PORT_LINK_CPU,
+        "server",
+        PORT_BUFFERS,
+        PORT_BUFFER_SIZE,
+    )?;
+    log::info!("port link to server on {what}");
+    Ok(())
+}
+
+/// Port link buffers (as the server's: 8 of 2048 bytes each way).
+const PORT_BUFFERS: usize = 8;
+/// Port link buffer size, port header included.
+const PORT_BUFFER_SIZE: usize = 2048;
 
 /// The proxy's shell, fed by the rpmsg tty, answering on it.
 fn tty_shell(node: NodeHandle, rx: Receiver<Vec<u8>>) {
@@ -135,6 +197,10 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
     cfg.poll = args.poll;
     cfg.interrupt = interrupt.clone();
     let node = NodeHandle::spawn(Node::new(cfg, hooks, shm)?)?;
+    if let Err(e) = open_port_link(&node, &args.port_link, &args.shm) {
+        node.shutdown();
+        return Err(e);
+    }
     let n2 = node.clone();
     std::thread::Builder::new()
         .name("rptun-nsh".into())

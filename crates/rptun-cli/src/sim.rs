@@ -6,6 +6,14 @@
 //! spawned here or started by hand. Both map the POSIX shm object laid out
 //! as NuttX's simulator lays it out.
 //!
+//! A second link, `proxy2`, carries rpmsg over a byte stream (NuttX's
+//! `rpmsg_port_uart`): the server listens on a Unix socket in the run
+//! directory (or holds a pty master, `--port-link pty`) and the proxy
+//! connects (`--port-link` of `rptun proxy`); both add it to their bus, so
+//! `rpmsg ping all` covers both links. When the proxy process ends, its end
+//! of the stream closes and the port link goes down with the other; a new
+//! proxy reconnects and the port handshake runs again.
+//!
 //! What the server watches for the proxy: its child process (waitpid), the
 //! proxy's liveness socket (closed by the kernel the moment the proxy dies,
 //! also for a proxy started by hand) and the boot words (a restarted proxy
@@ -25,13 +33,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rptun::remoteproc::instance::State;
 use rptun::remoteproc::Role;
+use rptun::rpmsg::LinkId;
 use rptun_host::shm::ShmObject;
 use rptun_host::sim::layout::{SHM_NAME, SHM_SIZE};
 use rptun_host::sim::liveness::{self, Beacon, Presence};
 use rptun_host::sim::node::{Node, NodeConfig, NodeHandle, NodeHooks};
+use rptun_host::sim::port;
+use rptun_host::stream::{ListenStream, PtyStream, StreamAddr};
 
-use crate::commands::{self, count_arg, hexdump};
-use crate::shell::{arg, failed, CmdError, Flow, Shell};
+use crate::commands;
+use crate::shell::{failed, Flow, Shell};
 
 /// Options of `rptun sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +67,70 @@ pub struct SimArgs {
     /// Seconds to wait for the link before the shell starts.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub wait_link: f64,
+    /// The second link to the proxy, rpmsg over a byte stream (cpu
+    /// `proxy2`): over a Unix socket in the run directory, over a pty pair,
+    /// or none.
+    #[arg(long, value_enum, default_value_t = PortKind::Unix, value_name = "KIND")]
+    pub port_link: PortKind,
+    /// No second link (same as `--port-link off`).
+    #[arg(long)]
+    pub no_port_link: bool,
+}
+
+/// The stream of the `proxy2` link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PortKind {
+    /// A Unix stream socket the server listens on
+    /// (`$XDG_RUNTIME_DIR/rptun-sim-<shm>-proxy2.sock`, else in /tmp).
+    Unix,
+    /// A pseudo-terminal: the server holds the master, the proxy opens the
+    /// slave as a serial line (NuttX's rpmsg_port_uart over a UART).
+    Pty,
+    /// No port link.
+    Off,
+}
+
+/// Port link buffers: NuttX's simulator uses 8 of 2048 bytes each way.
+const PORT_BUFFERS: usize = 8;
+/// Port link buffer size, port header included.
+const PORT_BUFFER_SIZE: usize = 2048;
+
+/// Opens the server's end of the `proxy2` link and attaches it to the node.
+/// Returns the link and what the proxy passes as `--port-link`.
+fn open_port_link(
+    node: &NodeHandle,
+    kind: PortKind,
+    shm: &str,
+) -> Result<Option<(LinkId, String)>> {
+    let (stream, proxy_arg): (port::SimStream, String) = match kind {
+        PortKind::Off => return Ok(None),
+        PortKind::Unix => {
+            let path = port::default_socket_path(shm);
+            let addr = StreamAddr::Unix(path);
+            let l = ListenStream::bind(&addr)
+                .with_context(|| format!("cannot open the port link (proxy2) on {addr}"))?;
+            (Box::new(l), addr.to_string())
+        }
+        PortKind::Pty => {
+            let p = PtyStream::open().context("cannot open a pty for the port link (proxy2)")?;
+            let path = p.path().display().to_string();
+            (Box::new(p), path)
+        }
+    };
+    let link = port::attach(
+        node,
+        stream,
+        "server",
+        port::PORT_LINK_CPU,
+        PORT_BUFFERS,
+        PORT_BUFFER_SIZE,
+    )?;
+    log::info!(
+        "port link {} on {proxy_arg} ({PORT_BUFFERS} x {PORT_BUFFER_SIZE}-byte buffers each way); \
+         a proxy started by hand needs `--port-link {proxy_arg}`",
+        port::PORT_LINK_CPU
+    );
+    Ok(Some((link.id, proxy_arg)))
 }
 
 /// Things the main loop hears about.
@@ -72,6 +147,10 @@ enum Input {
 struct Supervisor {
     node: NodeHandle,
     shm: String,
+    /// What the proxy passes as `--port-link` (`off` without one).
+    port_arg: String,
+    /// The server's port link (proxy2).
+    port: Option<LinkId>,
     poll: bool,
     spawn_mode: bool,
     restart: bool,
@@ -105,6 +184,8 @@ impl Supervisor {
             .arg("--shm")
             .arg(&self.shm)
             .arg("--spawned")
+            .arg("--port-link")
+            .arg(&self.port_arg)
             .stdin(Stdio::null())
             // Its own process group: Ctrl-C reaches the server only, which
             // then shuts the proxy down in order.
@@ -215,7 +296,25 @@ impl Supervisor {
             .call(|n| n.wait_until(Duration::from_secs(5), |n| n.peer_ready()))
             .map_err(|e| e.to_string())?;
         if ready {
-            Ok("proxy started; link up".into())
+            let Some(port) = self.port else {
+                return Ok("proxy started; link up".into());
+            };
+            // The port link reconnects by itself; wait a moment for it.
+            let port_ready = self
+                .node
+                .call(move |n| n.wait_until(Duration::from_secs(3), move |n| n.link_ready(port)))
+                .map_err(|e| e.to_string())?;
+            Ok(if port_ready {
+                format!(
+                    "proxy started; link up (and {})",
+                    rptun_host::sim::port::PORT_LINK_CPU
+                )
+            } else {
+                format!(
+                    "proxy started; link up, but {p} is not up yet (`rpmsg dump {p}`)",
+                    p = rptun_host::sim::port::PORT_LINK_CPU
+                )
+            })
         } else {
             Err(
                 "the remoteproc link started but proxy did not bind its rpmsg endpoints within \
@@ -226,138 +325,8 @@ impl Supervisor {
     }
 }
 
-/// The `rptun` shell commands of the server (those that drive the
-/// remoteproc link).
-fn add_rptun<'a>(sh: &mut Shell<'a>, sup: &'a RefCell<Supervisor>) {
-    let which = |a: &[&str]| -> Result<(), CmdError> {
-        match a.first().copied() {
-            Some("proxy") | Some("all") => Ok(()),
-            Some(c) => Err(failed(format!("no remote cpu `{c}`; known: proxy"))),
-            None => Err("missing argument <cpu|all>".into()),
-        }
-    };
-    sh.add(
-        "rptun start",
-        "<cpu|all>",
-        "start the remote cpu (spawns the proxy if it is not running)",
-        move |a, o| {
-            which(a)?;
-            let msg = sup.borrow_mut().start().map_err(failed)?;
-            let _ = writeln!(o, "{msg}");
-            Ok(())
-        },
-    );
-    sh.add(
-        "rptun stop",
-        "<cpu|all>",
-        "stop the remote cpu (vdevs removed, STOP through the mailbox)",
-        move |a, o| {
-            which(a)?;
-            let node = sup.borrow().node.clone();
-            let acked = node
-                .call(|n| n.stop_link(Duration::from_secs(2)))
-                .map_err(failed)?
-                .map_err(failed)?;
-            if acked {
-                let _ = writeln!(o, "proxy stopped");
-            } else {
-                let _ = writeln!(
-                    o,
-                    "proxy stopped (it did not acknowledge STOP within 2 s: is it running?)"
-                );
-            }
-            Ok(())
-        },
-    );
-    sh.add(
-        "rptun reset",
-        "<cpu> <val>",
-        "reset the remote cpu with a value (RESET through the mailbox); it reboots",
-        move |a, o| {
-            if a.first() == Some(&"all") {
-                return Err("reset takes one cpu: `rptun reset proxy <val>`".into());
-            }
-            which(a)?;
-            let val: u16 = arg(a, 1, "val")?;
-            let node = sup.borrow().node.clone();
-            let before = node.call(|n| n.session()).map_err(failed)?;
-            let acked = node
-                .call(move |n| n.reset_link(val, Duration::from_secs(2)))
-                .map_err(failed)?
-                .map_err(failed)?;
-            if !acked {
-                return Err(failed(
-                    "proxy did not acknowledge RESET within 2 s; is it running? (`rptun dump`)",
-                ));
-            }
-            let back = node
-                .call(move |n| {
-                    n.wait_until(Duration::from_secs(5), |n| {
-                        n.peer_ready() && n.session() != before
-                    })
-                })
-                .map_err(failed)?;
-            if back {
-                let _ = writeln!(o, "proxy reset (value {val}); link up again");
-                Ok(())
-            } else {
-                Err(failed(
-                    "proxy acknowledged RESET but the link did not come back within 5 s; see \
-                     `rptun dump`",
-                ))
-            }
-        },
-    );
-    sh.add(
-        "rptun panic",
-        "<cpu>",
-        "make the remote cpu panic (PANIC through the mailbox); it halts",
-        move |a, o| {
-            if a.first() == Some(&"all") {
-                return Err("panic takes one cpu: `rptun panic proxy`".into());
-            }
-            which(a)?;
-            let node = sup.borrow().node.clone();
-            node.call(|n| n.panic_link())
-                .map_err(failed)?
-                .map_err(failed)?;
-            let _ = writeln!(
-                o,
-                "proxy panicked; the link is down until `rptun start proxy`"
-            );
-            Ok(())
-        },
-    );
-}
-
 fn add_devices<'a>(sh: &mut Shell<'a>, node: &NodeHandle, cu: &'a Cell<bool>) {
-    let n = node.clone();
-    sh.add(
-        "hexdump",
-        "<file> [count=N]",
-        "dump bytes of /dev/random (rng0) or /dev/random1 (rng1): entropy from the proxy",
-        move |a, o| {
-            let path = a.first().copied().ok_or("missing argument <file>")?;
-            let count = count_arg(&a[1..])?;
-            let data = match path {
-                "/dev/random" | "/dev/random1" => {
-                    let index = usize::from(path == "/dev/random1");
-                    n.call(move |n| n.read_random(index, count))
-                        .map_err(failed)?
-                        .map_err(failed)?
-                }
-                "/dev/zero" => vec![0u8; count],
-                other => {
-                    return Err(format!(
-                        "no such device `{other}`; try /dev/random or /dev/random1 (`ls /dev`)"
-                    )
-                    .into())
-                }
-            };
-            hexdump(o, path, &data);
-            Ok(())
-        },
-    );
+    commands::add_hexdump(sh, node);
     let n = node.clone();
     sh.add(
         "cu",
@@ -499,10 +468,25 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
     // table; a proxy we are about to spawn starts from a clean word too.
     node.reset_boot_words(spawn_now);
     let node = NodeHandle::spawn(node)?;
+    let kind = if args.no_port_link {
+        PortKind::Off
+    } else {
+        args.port_link
+    };
+    let (port, port_arg) = match open_port_link(&node, kind, &args.shm) {
+        Ok(Some((id, arg))) => (Some(id), arg),
+        Ok(None) => (None, "off".to_string()),
+        Err(e) => {
+            node.shutdown();
+            return Err(e);
+        }
+    };
 
     let sup = RefCell::new(Supervisor {
         node: node.clone(),
         shm: args.shm.clone(),
+        port_arg,
+        port,
         poll: args.poll,
         spawn_mode: !args.no_spawn,
         restart: args.restart_proxy,
@@ -541,15 +525,27 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
             while let Ok(ev) = ui_rx.try_recv() {
                 sup.borrow_mut().on_ui(ev);
             }
-            if interrupt.load(Ordering::Relaxed) || node.call(|n| n.peer_ready())? {
+            let (ready, port_ready) =
+                node.call(move |n| (n.peer_ready(), port.map_or(true, |p| n.link_ready(p))))?;
+            if interrupt.load(Ordering::Relaxed) || (ready && port_ready) {
                 break;
             }
             if Instant::now() >= end {
-                log::warn!(
-                    "the link to proxy did not come up within {} s; the shell runs anyway \
-                     (`rptun dump`, `rptun start proxy`)",
-                    args.wait_link
-                );
+                if !ready {
+                    log::warn!(
+                        "the link to proxy did not come up within {} s; the shell runs anyway \
+                         (`rptun dump`, `rptun start proxy`)",
+                        args.wait_link
+                    );
+                } else {
+                    log::warn!(
+                        "the port link to {} did not come up within {} s; the shell runs \
+                         anyway (`rpmsg dump {}`)",
+                        port::PORT_LINK_CPU,
+                        args.wait_link,
+                        port::PORT_LINK_CPU
+                    );
+                }
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -588,7 +584,7 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
         let cu_req = Cell::new(false);
         let mut sh = Shell::new();
         commands::add_rpmsg(&mut sh, &node);
-        add_rptun(&mut sh, &sup);
+        commands::add_rptun(&mut sh, &node, || sup.borrow_mut().start());
         commands::add_system(&mut sh, &node, "server", "rpserver");
         add_devices(&mut sh, &node, &cu_req);
 

@@ -470,10 +470,13 @@ fn kill_9_of_the_proxy_is_noticed_and_start_brings_it_back() {
     p.send("rpmsg ping proxy 1 17 3 0");
     p.expect("link to proxy is down (crashed); bring it up with `rptun start proxy`");
     p.send("rptun start proxy");
-    p.expect("proxy started; link up");
+    // the new proxy connected to the port link again, too
+    p.expect("proxy started; link up (and proxy2)");
     assert_ne!(p.spawned_proxy(), pid);
     p.send("rpmsg ping proxy 3 1520 3 0");
     p.expect("ping times: 3\nbuffer_len: 1520, send_len: 1520");
+    p.send("rpmsg ping proxy2 2 2024 3 0");
+    p.expect("ping times: 2\nbuffer_len: 2024, send_len: 2024");
     p.send("hexdump /dev/random1 count=16");
     p.expect("/dev/random1 at 00000000:\n0000: ");
     let st = p.finish();
@@ -586,7 +589,7 @@ fn mistakes_get_one_clear_line_each() {
     );
     assert_eq!(st.code(), Some(1), "{out}");
     for want in [
-        "rpmsg ping: no link to cpu `foo`; known: proxy\n",
+        "rpmsg ping: no link to cpu `foo`; known: proxy, proxy2\n",
         "rpmsg ping: <times> must be a number, got `x` (usage: rpmsg ping <cpu|all> <times> <len> \
          <cmd> <sleep_ms>)\n",
         "rpmsg ping: <len> must be at least 17",
@@ -652,5 +655,158 @@ fn proxy_shell_over_the_rpmsg_tty_and_its_syslog_on_the_server() {
     );
     assert!(out.contains("proxy panicked; the link is down until `rptun start proxy`"));
     assert_eq!(out.matches("ping times: 1\n").count(), 2, "{out}");
+    assert_clean(&shm, &p);
+}
+
+/// The heading and the first two lines of each link's report in `rpmsg
+/// ping all <times> <len>`.
+fn ping_all_heads(cpu_lines: &[(&str, usize)], times: u32, len: usize) -> Vec<String> {
+    cpu_lines
+        .iter()
+        .map(|(cpu, buffer_len)| {
+            format!("{cpu}:\nping times: {times}\nbuffer_len: {buffer_len}, send_len: {len}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn ping_all_reports_the_shm_link_and_the_port_link_proxy2() {
+    let shm = shm_name("port");
+    let (st, out, p) = script(
+        &shm,
+        "rpmsg ping all 2 100 3 0; rpmsg ping proxy2 5 2024 3 0; rpmsg dump all; \
+         rpmsg test all; cu /dev/ttyproxy; rpmsg ping all 1 64 3 0; ~.",
+        &[],
+    );
+    assert!(st.success(), "{out}");
+    let view = shell_view(&out);
+    // Both links, each with its payload size: 1536-byte vring buffers on
+    // the shared memory, 2048-byte port buffers (less the 8-byte port and
+    // 16-byte rpmsg headers) on the stream.
+    let all = answer(&out, "rpmsg ping all 2 100 3 0");
+    for head in ping_all_heads(&[("cpu proxy", 1520), ("cpu proxy2", 2024)], 2, 100) {
+        assert!(all.contains(&head), "no `{head}` in:\n{all}");
+    }
+    assert!(all.find("cpu proxy:") < all.find("cpu proxy2:"), "{all}");
+    assert_eq!(all.matches("rate: ").count(), 2, "{all}");
+    // A full-size ping over proxy2 whose every data byte the proxy checked
+    // (cmd bit 1): a bad byte would show as a syslog error.
+    let big = answer(&out, "rpmsg ping proxy2 5 2024 3 0");
+    assert!(
+        big.starts_with("ping times: 5\nbuffer_len: 2024, send_len: 2024\navg: "),
+        "{big}"
+    );
+    assert!(!out.contains("receive data error"), "{out}");
+    // The dump has both links; the port link shows its stream and buffers.
+    let dump = answer(&out, "rpmsg dump all");
+    for want in [
+        "rpmsg link: local server remote proxy role virtio driver up",
+        "rpmsg link: local server remote proxy2 role port up features NS|ACK",
+        "tx buffers: 8 x 2040 B (payload 2024)",
+        "(listening, peer connected)",
+        "port: Connected, session 1, crc off, 8 x 2048 bytes each way",
+    ] {
+        assert!(dump.contains(want), "no `{want}` in:\n{dump}");
+    }
+    // The hold-rx test runs on the shm link; the port link is skipped with
+    // the reason (it would overrun the proxy's RX buffers).
+    let test = answer(&out, "rpmsg test all");
+    assert!(
+        test.starts_with("rpmsg test proxy: sent 8 buffers; proxy held every one"),
+        "{test}"
+    );
+    assert!(
+        test.contains("rpmsg test proxy2: skipped (the hold-rx test"),
+        "{test}"
+    );
+    // The proxy sees two links to the server: its `rpmsg ping all` names
+    // each with its transport.
+    for head in ping_all_heads(
+        &[
+            ("cpu server (virtio device)", 1520),
+            ("cpu server (port)", 2024),
+        ],
+        1,
+        64,
+    ) {
+        assert!(view.contains(&head), "no `{head}` in:\n{view}");
+    }
+    assert_clean(&shm, &p);
+    assert!(
+        !rptun_socket(&shm).exists(),
+        "the port link's socket was left behind"
+    );
+}
+
+fn rptun_socket(shm: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("rptun-sim-{shm}-proxy2.sock"))
+}
+
+#[test]
+fn kill_9_takes_both_links_down_and_restart_proxy_brings_both_back() {
+    let shm = shm_name("port-kill");
+    let mut p = Proc::sim(&shm, &["--restart-proxy"]);
+    p.expect_all(&[
+        "[server] link to proxy is up",
+        "[server] link to proxy2 (port) is up",
+    ]);
+    p.send("rpmsg ping proxy2 1 17 3 0");
+    p.expect("ping times: 1\nbuffer_len: 2024, send_len: 17");
+    let pid = p.spawned_proxy();
+    kill(pid, rustix::process::Signal::KILL);
+    p.expect_all(&[
+        "[server] link to proxy is down",
+        "[server] link to proxy2 (port) is down",
+        "restarting the proxy (--restart-proxy)",
+    ]);
+    // The new proxy boots the shm link and reconnects the stream
+    // (CONNREQ/CONNACK run again).
+    p.expect_all(&[
+        "[server] link to proxy is up",
+        "[server] link to proxy2 (port) is up",
+    ]);
+    assert_ne!(p.spawned_proxy(), pid);
+    p.send("rpmsg ping all 2 1000 3 0");
+    p.expect_all(&[
+        "cpu proxy:\nping times: 2\nbuffer_len: 1520, send_len: 1000\n",
+        "cpu proxy2:\nping times: 2\nbuffer_len: 2024, send_len: 1000\n",
+    ]);
+    assert!(p.finish().success(), "{}", p.out.text());
+    assert!(!p.out.text().contains("receive data error"));
+    assert_clean(&shm, &p);
+}
+
+#[test]
+fn port_link_over_a_pty_and_without_one() {
+    // over a pseudo-terminal pair
+    let shm = shm_name("port-pty");
+    let (st, out, p) = script(&shm, "rpmsg ping all 2 500 3 0", &["--port-link", "pty"]);
+    assert!(st.success(), "{out}");
+    assert!(out.contains("port link proxy2 on /dev/pts/"), "{out}");
+    let all = answer(&out, "rpmsg ping all 2 500 3 0");
+    for head in ping_all_heads(&[("cpu proxy", 1520), ("cpu proxy2", 2024)], 2, 500) {
+        assert!(all.contains(&head), "no `{head}` in:\n{all}");
+    }
+    assert!(!out.contains("receive data error"), "{out}");
+    assert_clean(&shm, &p);
+    // turned off: the shm link alone
+    let shm = shm_name("port-off");
+    let (st, out, p) = script(
+        &shm,
+        "rpmsg ping all 1 17 3 0; rpmsg ping proxy2 1 17 3 0",
+        &["--no-port-link"],
+    );
+    assert_eq!(st.code(), Some(1), "{out}");
+    let all = answer(&out, "rpmsg ping all 1 17 3 0");
+    assert!(all.starts_with("cpu proxy:\nping times: 1\n"), "{all}");
+    assert!(!all.contains("proxy2"), "{all}");
+    assert!(
+        out.contains("rpmsg ping: no link to cpu `proxy2`; known: proxy\n"),
+        "{out}"
+    );
     assert_clean(&shm, &p);
 }

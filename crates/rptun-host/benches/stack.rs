@@ -1,7 +1,8 @@
 //! `cargo bench -p rptun-host`: the CPU cost of the rptun stack per message,
-//! both sides in ONE thread over a heap region laid out as the simulator's
-//! shm object (no cross-core traffic, no scheduler, no doorbell waits: the
-//! server's waits run the proxy instead). What remains is the instructions
+//! both sides (the simulator's own nodes, as `rptun sim` / `rptun proxy`
+//! run them) in ONE thread over one simulator shm object (no cross-core
+//! traffic, no scheduler, no doorbell waits: the server's waits run the
+//! proxy's loop body instead). What remains is the instructions
 //! rptun executes per round trip and per one-way message — the part of
 //! `rptun bench`'s two-process figures that rptun's code, not the machine,
 //! decides. Steady enough to run under `valgrind --tool=callgrind`:
@@ -15,9 +16,10 @@
 //! a Unix socket: they include the socket's system calls and thread
 //! switches, so they are an upper bound of the stack's own cost.
 
-use rptun::shm::Region;
-use rptun_host::benchlink::{Mode, Node};
+use rptun::remoteproc::Role;
+use rptun_host::benchlink::{self, Mode, Server};
 use rptun_host::benchport::PortNode;
+use rptun_host::shm::{self, ShmObject};
 use rptun_host::sim::layout;
 use rptun_host::stream::StreamAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Removes the shm object at the end.
+struct Unlink(String);
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = shm::unlink(&self.0);
+    }
+}
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
@@ -39,36 +49,39 @@ fn main() {
         return;
     }
 
-    // Bring the link up with the proxy in a thread, then take it home.
-    let region = Region::new_heap(layout::SHM_SIZE);
-    let r2 = region.clone();
+    // The simulator's two nodes over one shm object. Bring the link up with
+    // the proxy's node stepping in a thread, then take it home.
+    let name = format!("rptun-stack-{}", std::process::id());
+    let ours = ShmObject::open_or_create(&name, layout::SHM_SIZE).expect("shm object");
+    let _u = Unlink(name.clone());
+    let theirs = ShmObject::open_existing(&name, layout::SHM_SIZE).expect("shm object");
     let home = Arc::new(AtomicBool::new(false));
     let h2 = home.clone();
     let proxy = std::thread::spawn(move || {
-        let mut p = Node::proxy(&r2, Mode::Poll, TIMEOUT).expect("proxy up");
+        let (mut p, _) = benchlink::node(Role::Remote, theirs, Mode::Poll, TIMEOUT).expect("proxy");
+        p.startup();
         while !h2.load(Ordering::Acquire) {
-            p.run_once(Duration::from_millis(1)).expect("proxy runs");
+            p.step();
+            std::thread::yield_now();
         }
         p
     });
-    let mut server = Node::server(&region, Mode::Poll, TIMEOUT).expect("server up");
+    let mut server = Server::start(ours, Mode::Poll, TIMEOUT).expect("server up");
     home.store(true, Ordering::Release);
     let mut proxy = proxy.join().expect("proxy thread");
-    let mut pump = || {
-        let _ = proxy.run_once(Duration::ZERO);
-    };
+    let mut pump = || proxy.step();
 
     println!("rptun stack, both sides in one thread ({iters} messages per figure)");
     for len in [17usize, 496, 1520] {
         for _ in 0..iters / 10 {
             server
-                .ping_once_with(len, TIMEOUT, Some(&mut pump))
+                .ping_once_pumped(len, TIMEOUT, &mut pump)
                 .expect("ping");
         }
         let t = Instant::now();
         for _ in 0..iters {
             server
-                .ping_once_with(len, TIMEOUT, Some(&mut pump))
+                .ping_once_pumped(len, TIMEOUT, &mut pump)
                 .expect("ping");
         }
         let rtt = t.elapsed().as_nanos() as f64 / f64::from(iters);

@@ -4,8 +4,10 @@
 //! - a spin ping-pong over two shared words (the latency floor), optionally
 //!   carrying a payload each way (written by the pinger, copied into the
 //!   reply by the answerer, as rpmsg-ping does);
-//! - a blocking ping-pong over the same futex doorbells rptun uses, with the
-//!   same optional payload;
+//! - a blocking ping-pong over plain futex doorbells (`Doorbell` without
+//!   sleep flags: every ring wakes, every wait sleeps at once — the
+//!   primitive under rptun's adaptive simulator doorbell), with the same
+//!   optional payload;
 //! - a one-way single-producer ring of fixed-size slots (the throughput
 //!   floor for a given slot size): each side spins briefly, then sleeps in a
 //!   futex and is woken only when it sleeps (the best a raw ring can do on a
@@ -210,8 +212,9 @@ pub fn spin_pingpong(
     Ok(rtts)
 }
 
-/// Blocking ping-pong over futex doorbells (the primitive rptun's simulator
-/// uses): each side sleeps until rung; `payload` bytes travel each way.
+/// Blocking ping-pong over plain futex doorbells (the primitive under
+/// rptun's adaptive simulator doorbell): each side sleeps until rung;
+/// `payload` bytes travel each way.
 pub fn futex_pingpong(
     region: &Region,
     side: Side,

@@ -4,6 +4,7 @@
 //!   [`rptun::shm::Region`]s (the mmap backend of the seam);
 //! - [`doorbell`]: blocking doorbells on shared counters (futex), which also
 //!   notice peers that only increment a counter and never wake anyone;
+//! - [`ivshmem`]: the master side of a QEMU guest sharing an ivshmem file;
 //! - [`entropy`]: the OS random number generator as a virtio-rng
 //!   entropy source;
 //! - [`openamp`]: the platform of OpenAMP's Linux user-space demos
@@ -19,6 +20,7 @@ pub mod benchlink;
 pub mod benchport;
 pub mod doorbell;
 pub mod entropy;
+pub mod ivshmem;
 pub mod openamp;
 pub mod shm;
 pub mod sim;

@@ -925,6 +925,48 @@ fn master_takes_the_link_down_when_the_remote_rewrites_the_table() {
     }
 }
 
+/// A link that verifies its table only every few doorbells (as a fast host
+/// link does, with its own clock on top) still takes itself down within
+/// that many doorbells, and at once when its owner asks.
+#[test]
+fn a_thinned_table_check_takes_the_link_down_within_its_bound() {
+    const EVERY: u32 = 4;
+    for (what, change) in table_changes() {
+        for ask in [false, true] {
+            let r = Region::new_heap(REGION_LEN);
+            fill_guard(&r);
+            let mut us = InstanceSide::new(true, &r);
+            us.inst.set_table_check_every(EVERY);
+            us.inst.start().unwrap();
+            let mut peer = FakeDevice::attach(&r);
+            let (svc, got) = {
+                let mut g = us.drv.lock().unwrap();
+                let link = g.as_mut().unwrap();
+                link.poll().unwrap();
+                bind_as_driver(link, &mut peer)
+            };
+            for tag in [&b"one"[..], b"two"] {
+                let mut g = us.drv.lock().unwrap();
+                driver_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, tag);
+            }
+            for _ in 0..2 * EVERY {
+                us.doorbell();
+            }
+            assert_eq!(us.inst.state(), State::Running, "{what}");
+
+            change(&r, &peer.map);
+            if ask {
+                assert!(!us.inst.verify_table(), "{what}");
+            } else {
+                for _ in 0..EVERY {
+                    us.doorbell();
+                }
+            }
+            assert_table_refused(&us, what);
+        }
+    }
+}
+
 /// The fake master's table, written and assigned; returns the pool offset.
 fn fake_master_table(r: &Region) -> usize {
     r.fill(RSC, RSC_MAX, 0).unwrap();
@@ -986,6 +1028,89 @@ fn remote_takes_the_link_down_when_the_master_rewrites_the_table() {
         link.poll().unwrap();
         let (svc, got) = bind_as_device(link, &mut peer);
         device_round_trip(link, &mut peer, svc, &got, b"after restart");
+    }
+}
+
+/// The refactored NuttX master writes a vdev's vring addresses only when it
+/// creates that vdev, after `bootm = OK`: our remote comes up with them
+/// still 0, waits, binds them at DRIVER_OK and serves; a change after
+/// DRIVER_OK still takes the link down.
+#[test]
+fn remote_takes_vring_addresses_the_master_writes_after_boot() {
+    let r = Region::new_heap(REGION_LEN);
+    fill_guard(&r);
+    let pool = fake_master_table(&r);
+    let map = TableMap::read(&r);
+    let das = [map.vring(0), map.vring(1)].map(|at| (at, r.read_u32(at).unwrap()));
+    for (at, _) in das {
+        r.write_u32(at, 0).unwrap();
+    }
+    let mut us = InstanceSide::new(false, &r);
+    us.inst.start().unwrap();
+    assert_eq!(us.inst.vdevs()[0].state, VdevState::WaitingForDriver);
+    us.doorbell();
+    // The master creates the vdev: vring addresses, then the driver's boot.
+    for (at, da) in das {
+        r.write_u32(at, da).unwrap();
+    }
+    us.doorbell();
+    assert_eq!(us.inst.state(), State::Running);
+    assert_eq!(us.inst.vdevs()[0].state, VdevState::WaitingForDriver);
+    let mut peer = FakeDriver::boot(&r, pool, 0xf, BUF as u32);
+    us.doorbell();
+    assert_eq!(us.inst.vdevs()[0].state, VdevState::Active);
+    let (svc, got) = {
+        let mut g = us.dev.lock().unwrap();
+        let link = g.as_mut().unwrap();
+        link.poll().unwrap();
+        bind_as_device(link, &mut peer)
+    };
+    for tag in [&b"one"[..], b"two"] {
+        let mut g = us.dev.lock().unwrap();
+        device_round_trip(g.as_mut().unwrap(), &mut peer, svc, &got, tag);
+    }
+    us.doorbell();
+    assert_eq!(us.inst.state(), State::Running);
+    // After DRIVER_OK the vring entries are guarded like the rest.
+    r.write_u32(das[0].0, das[0].1 + 0x100).unwrap();
+    us.doorbell();
+    assert_table_refused(&us, "vring0 da moved after DRIVER_OK");
+}
+
+/// A driver that sets DRIVER_OK while a vring is still unassigned (or bad)
+/// fails that vdev only: the link stays up, nothing is written.
+#[test]
+fn remote_fails_only_the_vdev_whose_vrings_are_unusable_at_driver_ok() {
+    for (what, field, value) in [
+        ("vring0 da still 0", 0, 0),
+        ("vring1 outside the shared memory", 1, 0x0100_0000),
+    ] {
+        let r = Region::new_heap(REGION_LEN);
+        fill_guard(&r);
+        fake_master_table(&r);
+        let map = TableMap::read(&r);
+        let mut us = InstanceSide::new(false, &r);
+        us.inst.start().unwrap();
+        r.write_u32(map.vring(field), value).unwrap();
+        r.write_u8(map.status(), S_ACK | S_DRIVER | S_DRIVER_OK)
+            .unwrap();
+        let guard = Untouched::new(&r, vec![(0, REGION_LEN)]);
+        us.doorbell();
+        guard.check(what);
+        assert_eq!(us.inst.state(), State::Running, "{what}");
+        let v = us.inst.vdevs();
+        assert!(
+            matches!(v[0].state, VdevState::Failed(InstanceError::Table(_))),
+            "{what}: {:?}",
+            v[0].state
+        );
+        let ev = us.events.lock().unwrap();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, Event::VdevFailed { index: 0, .. })),
+            "{what}"
+        );
+        assert!(us.dev.lock().unwrap().is_none(), "{what}");
     }
 }
 

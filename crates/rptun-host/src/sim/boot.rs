@@ -9,7 +9,8 @@
 //! Either side later sees the other's restart as `NEED_RESET` in its own
 //! word ([`take_need_reset`]).
 
-use super::layout::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, RSC, SHM_SIZE};
+use super::layout::{RSC, SHM_SIZE, SLEEPM};
+use rptun::remoteproc::shmem::{self, ShmemError};
 use rptun::shm::{Region, ShmError};
 use std::time::{Duration, Instant};
 
@@ -44,14 +45,14 @@ pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), Bo
     if RSC + table.len() > SHM_SIZE.min(region.len()) {
         return Err(BootError::TableTooBig(table.len()));
     }
-    region.fill(RSC, region.len() - RSC, 0)?;
-    region.write_bytes(RSC, table)?;
-    region.write_u64(BASE, base)?;
-    if region.load_u32(BOOTS)? & OK != 0 {
-        region.store_u32(BOOTS, NEED_RESET)?;
-    }
-    region.store_u32(BOOTM, BOOT)?;
-    Ok(())
+    // Up to the doorbells' sleepers words, not them: a remote may sleep on
+    // its doorbell right now, and clearing its count would make our rings
+    // skip its wake-up (see `layout::SLEEPM`).
+    let below_sleepers = region.subregion(0, SLEEPM.min(region.len()))?;
+    shmem::master_publish(&below_sleepers, table, base).map_err(|e| match e {
+        ShmemError::Shm(e) => BootError::Shm(e),
+        _ => BootError::TableTooBig(table.len()),
+    })
 }
 
 /// Master, second half: waits for `boots & BOOT`, then sets `bootm = OK`.
@@ -59,68 +60,45 @@ pub fn master_publish(region: &Region, table: &[u8], base: u64) -> Result<(), Bo
 pub fn master_wait_remote(
     region: &Region,
     timeout: Duration,
-    mut keep_going: impl FnMut() -> bool,
+    keep_going: impl FnMut() -> bool,
 ) -> Result<(), BootError> {
-    wait_bits(
-        region,
-        BOOTS,
-        BOOT,
-        timeout,
-        "remote (proxy)",
-        &mut keep_going,
-    )?;
-    region.store_u32(BOOTM, OK)?;
-    Ok(())
+    shmem::master_wait_remote(region, waiter(timeout, "remote (proxy)", keep_going))
+}
+
+/// Master, optional third step: waits for `boots & OK` (the remote adopted
+/// the table). Needed before the command mailbox carries anything when the
+/// remote sets BOOT before it has parsed the table (the QEMU firmware does).
+pub fn master_wait_ready(
+    region: &Region,
+    timeout: Duration,
+    keep_going: impl FnMut() -> bool,
+) -> Result<(), BootError> {
+    shmem::master_wait_ready(region, waiter(timeout, "remote (proxy)", keep_going))
 }
 
 /// Remote: runs its half of the handshake and returns the master's `base`.
 pub fn remote_boot(
     region: &Region,
     timeout: Duration,
-    mut keep_going: impl FnMut() -> bool,
+    keep_going: impl FnMut() -> bool,
 ) -> Result<u64, BootError> {
-    if region.load_u32(BOOTS)? & OK != 0 {
-        region.store_u32(BOOTM, NEED_RESET)?;
-    }
-    region.store_u32(BOOTS, BOOT)?;
-    wait_bits(
-        region,
-        BOOTM,
-        OK,
-        timeout,
-        "master (server)",
-        &mut keep_going,
-    )?;
-    let base = region.read_u64(BASE)?;
-    region.store_u32(BOOTS, OK)?;
-    Ok(base)
+    shmem::remote_boot(region, waiter(timeout, "master (server)", keep_going))
 }
 
 /// True (and the flag cleared) if the peer asked this side to reboot.
 pub fn take_need_reset(region: &Region, master: bool) -> Result<bool, ShmError> {
-    let word = if master { BOOTM } else { BOOTS };
-    let a = region.atomic_u32(word)?;
-    let v = u32::from_le(a.load(std::sync::atomic::Ordering::Acquire));
-    if v & NEED_RESET != 0 {
-        a.store(0, std::sync::atomic::Ordering::Release);
-        return Ok(true);
-    }
-    Ok(false)
+    shmem::take_need_reset(region, master)
 }
 
-fn wait_bits(
-    region: &Region,
-    word: usize,
-    bits: u32,
+/// A wait of 1 ms per call (10 ms after the first 200 ms) that gives up at
+/// `timeout` or when `keep_going` says so.
+fn waiter(
     timeout: Duration,
     peer: &'static str,
-    keep_going: &mut dyn FnMut() -> bool,
-) -> Result<(), BootError> {
+    mut keep_going: impl FnMut() -> bool,
+) -> impl FnMut() -> Result<(), BootError> {
     let start = Instant::now();
-    loop {
-        if region.load_u32(word)? & bits != 0 {
-            return Ok(());
-        }
+    move || {
         if start.elapsed() > timeout {
             return Err(BootError::Timeout {
                 peer,
@@ -138,12 +116,14 @@ fn wait_bits(
             Duration::from_millis(10)
         };
         std::thread::sleep(nap);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::layout::{BOOTS, OK};
 
     #[test]
     fn either_start_order_completes_and_a_remote_restart_asks_the_master_to_reboot() {
@@ -186,5 +166,22 @@ mod tests {
         let r = Region::new_heap(SHM_SIZE);
         let e = remote_boot(&r, Duration::from_secs(5), || false).unwrap_err();
         assert_eq!(e, BootError::Cancelled);
+    }
+
+    #[test]
+    fn publishing_clears_the_old_table_but_not_a_sleeping_remote() {
+        let r = Region::new_heap(SHM_SIZE);
+        r.fill(RSC, SHM_SIZE - RSC, 0xee).unwrap();
+        r.store_u16(super::super::layout::SLEEPS, 0x0201).unwrap();
+        master_publish(&r, &[1, 2, 3, 4], 0x1000_0000).unwrap();
+        let mut after = [0u8; 8];
+        r.read_bytes(RSC, &mut after).unwrap();
+        assert_eq!(after, [1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(
+            r.read_u8(SLEEPM - 1).unwrap(),
+            0,
+            "the carveouts are cleared"
+        );
+        assert_eq!(r.load_u16(super::super::layout::SLEEPS).unwrap(), 0x0201);
     }
 }

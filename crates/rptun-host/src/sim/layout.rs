@@ -9,30 +9,30 @@
 //! 0x18 ...         resource table (its reserved words are the command mailbox:
 //!                  cmd_master @0x20, cmd_slave @0x24), each vdev followed by its
 //!                  64 KiB carveout: rng0, rng1, rpmsg0
+//! 0x301CC u16 sleepm  rptun only: master's sleeping waiters  } the struct's
+//! 0x301CE u16 sleeps  rptun only: remote's sleeping waiters  } tail padding
 //! ```
+//!
+//! The last two words are padding in NuttX's struct (its size is rounded
+//! to 8): no NuttX field lives there and NuttX never reads them. rptun's
+//! doorbell counts its sleeping waiters there so that a ring wakes the peer
+//! only when it sleeps
+//! ([`Doorbell::with_sleep_flags`](crate::doorbell::Doorbell::with_sleep_flags)).
+//! Our master's boot clears the object up to them, not them (the remote may
+//! be asleep); a peer that clears them anyway costs at most one late
+//! (bounded-sleep) wake-up, and the counts saturate instead of wrapping.
 
 /// Default name of the shm object (`/dev/shm/server-proxy`).
 pub const SHM_NAME: &str = "server-proxy";
 /// Size of the object as NuttX's 32-bit simulator lays it out.
 pub const SHM_SIZE: usize = 197_072;
-/// Offset of `base`.
-pub const BASE: usize = 0x00;
-/// Offset of the remote's doorbell counter.
-pub const SEQS: usize = 0x08;
-/// Offset of the master's doorbell counter.
-pub const SEQM: usize = 0x0C;
-/// Offset of the remote's boot word.
-pub const BOOTS: usize = 0x10;
-/// Offset of the master's boot word.
-pub const BOOTM: usize = 0x14;
-/// Offset of the resource table.
-pub const RSC: usize = 0x18;
-/// Boot word bit: this side has started.
-pub const BOOT: u32 = 1;
-/// Boot word bit: this side is up.
-pub const OK: u32 = 2;
-/// Boot word bit: the other side must re-run its boot (it restarted).
-pub const NEED_RESET: u32 = 4;
+// The header is shared with ivshmem and the firmware: one definition, in
+// the core (`rptun::remoteproc::shmem`).
+pub use rptun::remoteproc::shmem::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, RSC, SEQM, SEQS};
+/// Offset of the master's sleepers word (struct padding, rptun only).
+pub const SLEEPM: usize = SHM_SIZE - 4;
+/// Offset of the remote's sleepers word (struct padding, rptun only).
+pub const SLEEPS: usize = SHM_SIZE - 2;
 /// Size of each carveout.
 pub const CARVEOUT_SIZE: u32 = 0x10000;
 /// rpmsg buffer size each way (1520-byte payloads).

@@ -10,13 +10,15 @@
 //! - [`rpmsg_slot`]: the rpmsg link that outlives its vdev;
 //! - [`syslog`], [`tty`]: NuttX-compatible rpmsg syslog and tty services;
 //! - [`liveness`]: how our processes see each other die, outside the shared
-//!   memory.
+//!   memory;
+//! - [`port`]: the second link, rpmsg over a byte stream (`proxy2`).
 
 pub mod boot;
 pub mod layout;
 pub mod liveness;
 pub mod node;
 pub mod platform;
+pub mod port;
 pub mod rpmsg_slot;
 pub mod syslog;
 pub mod table;

@@ -69,7 +69,7 @@ use rptun::remoteproc::platform::{Doorbell as Target, PlatformError, RemoteCpuNa
 use rptun::remoteproc::registry::{Registry, VirtioHandler};
 use rptun::remoteproc::vdev::{VdevDevice, VdevDriver};
 use rptun::remoteproc::Role;
-use rptun::rpmsg::services::ping::{ping_cpu, PingError, PingParams, PingReport, PingService};
+use rptun::rpmsg::services::ping::{ping, PingError, PingParams, PingReport, PingService};
 use rptun::rpmsg::services::test::{send_hold_rx, TestService};
 use rptun::rpmsg::virtio::{RpmsgVirtioError, RpmsgVirtioOptions};
 use rptun::rpmsg::wait::{Clock, Wait};
@@ -82,7 +82,7 @@ use rptun::virtio::{id, VirtioError};
 
 use super::boot::take_need_reset;
 use super::layout::{BASE, BOOT, BOOTM, BOOTS, NEED_RESET, OK, SEQM, SEQS};
-use super::platform::{KeepGoing, SimBell, SimPlatform};
+use super::platform::{KeepGoing, RemoteRunner, SimBell, SimPlatform};
 use super::rpmsg_slot::{Seated, SimRpmsgDevice, SimRpmsgDriver, SlotHandle, SlotTransport};
 use super::syslog::{SyslogClient, SyslogQueue, SyslogServer, SyslogSink};
 use super::table::{self, SimTableConfig};
@@ -190,6 +190,26 @@ pub enum NodeError {
     Thread(#[from] std::io::Error),
 }
 
+/// One link of a node's bus, for listings (`rpmsg ping all`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The link.
+    pub id: LinkId,
+    /// Its remote cpu.
+    pub cpu: String,
+    /// Its transport's role (`virtio driver`, `virtio device`, `port`).
+    pub role: String,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Up, and the peer's rpmsg-ping endpoint bound to ours.
+    pub ready: bool,
+}
+
+/// Why `rpmsg test` does not run over an rpmsg-port link.
+pub const PORT_TEST_NOTE: &str = "the hold-rx test needs the sender's TX buffers bounded by the \
+     peer's RX buffers; an rpmsg-port link frees a TX buffer once it is written to the stream, \
+     so the test would overrun the peer's RX buffers and stall the link";
+
 /// Per vdev index, the server's rng driver (shared with its vdev handler).
 type RngSeats = Arc<Mutex<Vec<Option<SimRngDriver>>>>;
 
@@ -228,7 +248,11 @@ impl VirtioHandler for RngVdev {
     }
 }
 
-/// The vdev handler of an rng device: serves requests on every doorbell.
+/// The vdev handler of an rng device: serves requests when the driver
+/// published new ones (the instance calls `notify` when the avail index
+/// moved; also right after activation). Not on every doorbell: the
+/// simulator's doorbell rings "all vrings", and looking at this queue on
+/// each one was a tenth of an rpmsg round trip.
 struct RngServe {
     dev: RngDevice<VdevDevice<SimBell>, GetrandomSource>,
     index: usize,
@@ -245,9 +269,6 @@ impl RngServe {
 
 impl VirtioHandler for RngServe {
     fn notify(&mut self, _queue: u16) {
-        self.serve();
-    }
-    fn poll(&mut self) {
         self.serve();
     }
 }
@@ -320,8 +341,25 @@ pub struct Node {
     exit: Option<String>,
     next_auto_start: Instant,
     last_linked_check: Instant,
-    peer_was_ready: bool,
+    /// The links that were ready (up, ping endpoint bound) last we looked.
+    ready_links: Vec<LinkId>,
+    /// The bus's link ids, refreshed on every step (kept: no allocation).
+    link_ids: Vec<LinkId>,
+    /// When the loop body verifies the resource table next (see
+    /// [`TABLE_CHECK_PERIOD`]).
+    next_table_check: Instant,
 }
+
+/// How often the loop body verifies the resource table against the digest
+/// taken when it was validated (a peer that rewrites it takes the link down
+/// within about this long). Between these the instance verifies it on every
+/// [`TABLE_CHECK_DOORBELLS`]-th doorbell and after every link event
+/// ([`Instance::set_table_check_every`]); verifying it on every doorbell
+/// cost about a tenth of a round trip.
+pub const TABLE_CHECK_PERIOD: Duration = Duration::from_millis(2);
+
+/// See [`TABLE_CHECK_PERIOD`].
+pub const TABLE_CHECK_DOORBELLS: u32 = 256;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -446,6 +484,8 @@ impl Node {
             }
         }
         let mut instance = Instance::new(platform, reg);
+        // Verified on the clock in `step` (and every so many doorbells).
+        instance.set_table_check_every(TABLE_CHECK_DOORBELLS);
         let (ev_tx, events) = channel();
         instance.set_event_handler(move |e| {
             let _ = ev_tx.send(*e);
@@ -475,7 +515,8 @@ impl Node {
                 if let Some(q) = hooks.syslog_queue {
                     bus.register(
                         ServiceConfig::any("rpmsg-syslog client"),
-                        SyslogClient::new(q),
+                        // Over the shared-memory link only: one way per line.
+                        SyslogClient::new(q).only_on(link),
                     );
                 }
             }
@@ -497,8 +538,18 @@ impl Node {
             exit: None,
             next_auto_start: Instant::now(),
             last_linked_check: Instant::now(),
-            peer_was_ready: false,
+            link_ids: Vec::new(),
+            next_table_check: Instant::now(),
+            ready_links: Vec::new(),
         })
+    }
+
+    /// Master: the remote is run by `runner` (QEMU booting the rptun
+    /// firmware, see [`crate::ivshmem`]): [`start_link`](Node::start_link)
+    /// starts it, [`stop_link`](Node::stop_link) stops it, and the node
+    /// marks the link crashed when it exits.
+    pub fn set_runner(&mut self, runner: Box<dyn RemoteRunner>) {
+        self.instance.platform_mut().set_runner(runner);
     }
 
     // ------------------------------------------------------------- accessors
@@ -567,13 +618,38 @@ impl Node {
     /// True when the rpmsg link to the remote is up and the peer answered
     /// the name service (its rpmsg-ping endpoint is bound to ours).
     pub fn peer_ready(&self) -> bool {
-        let Some(link) = self.bus.link(self.link) else {
+        self.link_ready(self.link)
+    }
+
+    /// True when link `lid` is up and the peer's rpmsg-ping endpoint is
+    /// bound to ours.
+    pub fn link_ready(&self, lid: LinkId) -> bool {
+        let Some(link) = self.bus.link(lid) else {
             return false;
         };
-        let Some(svc) = self.bus_service_endpoint(self.link) else {
+        let Some(svc) = self.bus_service_endpoint(lid) else {
             return false;
         };
         link.is_up() && link.endpoint(svc).is_some_and(|e| e.dest != ADDR_ANY)
+    }
+
+    /// Every link on the bus, in the order they were added (the
+    /// shared-memory link first).
+    pub fn links(&self) -> Vec<LinkInfo> {
+        self.bus
+            .link_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let l = self.bus.link(id)?;
+                Some(LinkInfo {
+                    id,
+                    cpu: l.remote_cpu().to_string(),
+                    role: l.transport().role().to_string(),
+                    up: l.is_up(),
+                    ready: self.link_ready(id),
+                })
+            })
+            .collect()
     }
 
     fn bus_service_endpoint(&self, lid: LinkId) -> Option<rptun::rpmsg::EndpointId> {
@@ -612,30 +688,78 @@ impl Node {
     /// One round of the loop: boot words, doorbells, rpmsg. Called by the
     /// node thread after every wake-up; also usable while a command waits.
     pub fn step(&mut self) {
-        self.check_boot_words();
+        self.step_at(Some(Instant::now()));
+    }
+
+    /// [`Node::step`] with the clock already read (`now`), or without the
+    /// timed checks (`None`: the loop body reads the clock only every
+    /// [`CLOCK_EVERY_STEPS`]-th busy round and on every idle one).
+    fn step_at(&mut self, now: Option<Instant>) {
+        self.check_boot_words_at(now);
+        if let Some(now) = now {
+            self.timed_checks(now);
+        }
         self.instance.handle_doorbell(Target::All);
         self.after_instance();
         self.poll_bus();
     }
 
     fn poll_bus(&mut self) {
-        for lid in self.bus.link_ids() {
+        let mut ids = std::mem::take(&mut self.link_ids);
+        self.bus.link_ids_into(&mut ids);
+        for &lid in &ids {
             if let Err(e) = self.bus.poll(lid) {
                 log::debug!("rpmsg poll: {e}");
             }
         }
-        let ready = self.peer_ready();
-        if ready != self.peer_was_ready {
-            self.peer_was_ready = ready;
-            if ready {
-                log::info!("link to {} is up", self.cfg.remote_name());
-            } else {
-                log::info!("link to {} is down", self.cfg.remote_name());
+        // Polling may add or remove links (services do).
+        self.bus.link_ids_into(&mut ids);
+        for &lid in &ids {
+            let ready = self.link_ready(lid);
+            let was = self.ready_links.contains(&lid);
+            if ready == was {
+                continue;
             }
+            if ready {
+                self.ready_links.push(lid);
+            } else {
+                self.ready_links.retain(|&l| l != lid);
+            }
+            let what = if lid == self.link {
+                self.cfg.remote_name().to_string()
+            } else {
+                self.bus
+                    .link(lid)
+                    .map(|l| format!("{} ({})", l.remote_cpu(), l.transport().role()))
+                    .unwrap_or_default()
+            };
+            let state = if ready { "up" } else { "down" };
+            log::info!("link to {what} is {state}");
+        }
+        // Links removed from the bus are not ready any more.
+        self.ready_links.retain(|l| ids.contains(l));
+        self.link_ids = ids;
+    }
+
+    /// What runs on the clock: the resource table's verification (every
+    /// [`TABLE_CHECK_PERIOD`]).
+    fn timed_checks(&mut self, now: Instant) {
+        if now >= self.next_table_check {
+            self.next_table_check = now + TABLE_CHECK_PERIOD;
+            self.instance.verify_table();
         }
     }
 
-    fn check_boot_words(&mut self) {
+    /// [`Node::check_boot_words_at`] and [`Node::timed_checks`] at `now`:
+    /// an idle round of the loop.
+    fn idle_checks(&mut self, now: Instant) {
+        self.check_boot_words_at(Some(now));
+        self.timed_checks(now);
+    }
+
+    /// The boot words; the checks that run on the clock (the runner, the
+    /// shm object still linked) only with `now`.
+    fn check_boot_words_at(&mut self, now: Option<Instant>) {
         let r = &self.region;
         match self.cfg.role {
             Role::Master => {
@@ -644,9 +768,31 @@ impl Node {
                         "{} restarted (NEED_RESET): booting the link again",
                         self.cfg.remote_name()
                     );
+                    // The remote restarted its link by itself: a runner's
+                    // remote (QEMU) keeps running, only the handshake runs.
+                    self.instance.platform_mut().set_keep_remote(true);
                     self.start_quiet();
+                    self.instance.platform_mut().set_keep_remote(false);
+                } else if self.instance.state() == State::Running
+                    && self.instance.platform().has_runner()
+                    && now.is_some_and(|now| {
+                        now.saturating_duration_since(self.last_linked_check)
+                            > Duration::from_millis(200)
+                    })
+                {
+                    self.last_linked_check = Instant::now();
+                    if let Some(why) = self.instance.platform_mut().runner_exited() {
+                        log::warn!(
+                            "{} {why}; the link is down (`rptun start {}` boots it again)",
+                            self.cfg.remote_name(),
+                            self.cfg.remote_name()
+                        );
+                        self.peer_gone();
+                        // Its boot words died with it: no auto-start on them.
+                        self.forget_remote();
+                    }
                 } else if self.instance.state() != State::Running
-                    && Instant::now() >= self.next_auto_start
+                    && now.unwrap_or_else(Instant::now) >= self.next_auto_start
                     && r.load_u32(BOOTS).unwrap_or(0) & BOOT != 0
                 {
                     log::info!("{} is booting: starting the link", self.cfg.remote_name());
@@ -661,8 +807,11 @@ impl Node {
                     );
                     self.start_quiet();
                 }
-                if self.last_linked_check.elapsed() > Duration::from_millis(500) {
-                    self.last_linked_check = Instant::now();
+                if let Some(now) = now.filter(|&now| {
+                    now.saturating_duration_since(self.last_linked_check)
+                        > Duration::from_millis(500)
+                }) {
+                    self.last_linked_check = now;
                     if !self.shm.still_linked() {
                         self.exit = Some(format!(
                             "/dev/shm/{} was removed: the {} exited",
@@ -767,9 +916,17 @@ impl Node {
             Err(InstanceError::Platform(PlatformError::Timeout(_))) => Err(self
                 .instance
                 .platform()
-                .last_boot_error()
-                .map(|e| e.to_string())
+                .last_start_error()
                 .unwrap_or_else(|| "the boot handshake timed out".into())),
+            Err(InstanceError::Platform(PlatformError::Failed(_)))
+                if self.instance.platform().last_start_error().is_some() =>
+            {
+                Err(self
+                    .instance
+                    .platform()
+                    .last_start_error()
+                    .unwrap_or_default())
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -896,12 +1053,33 @@ impl Node {
     // -------------------------------------------------------------- commands
 
     fn link_to(&self, cpu: &str) -> Result<LinkId, String> {
-        let known = self.cpus();
-        let c = RemoteCpu::new(cpu).map_err(|_| no_link(cpu, &known))?;
-        self.bus.link_by_cpu(&c).ok_or_else(|| no_link(cpu, &known))
+        // The list of known cpus only for the error (this runs per ping).
+        let c = RemoteCpu::new(cpu).map_err(|_| no_link(cpu, &self.cpus()))?;
+        self.bus
+            .link_by_cpu(&c)
+            .ok_or_else(|| no_link(cpu, &self.cpus()))
     }
 
-    fn down_hint(&self, cpu: &str) -> String {
+    fn down_hint(&self, lid: LinkId, cpu: &str) -> String {
+        if lid != self.link {
+            let how = self
+                .bus
+                .link(lid)
+                .map(|l| {
+                    let mut s = String::new();
+                    let _ = l.transport().describe(&mut s);
+                    s.lines().next().unwrap_or_default().to_string()
+                })
+                .unwrap_or_default();
+            let peer = match self.cfg.role {
+                Role::Master => "the proxy",
+                Role::Remote => "the server",
+            };
+            return format!(
+                "the rpmsg-port link to {cpu} is down ({how}); it comes up by itself when \
+                 {peer} is running (`rpmsg dump {cpu}` shows the stream)"
+            );
+        }
         match self.cfg.role {
             Role::Master => format!(
                 "the link to {cpu} is down ({}); bring it up with `rptun start {cpu}`",
@@ -914,12 +1092,28 @@ impl Node {
     /// `rpmsg ping <cpu> ...`: NuttX's ping over the link to `cpu`.
     pub fn ping(&mut self, cpu: &str, params: &PingParams) -> Result<PingReport, String> {
         let lid = self.link_to(cpu)?;
+        self.ping_link(lid, params)
+    }
+
+    /// NuttX's ping over link `lid` (one of [`Node::links`]).
+    pub fn ping_link(&mut self, lid: LinkId, params: &PingParams) -> Result<PingReport, String> {
+        let cpu = self
+            .bus
+            .link(lid)
+            .map(|l| l.remote_cpu().to_string())
+            .ok_or("the link vanished")?;
         if !self.bus.link(lid).is_some_and(|l| l.is_up()) {
-            return Err(self.down_hint(cpu));
+            return Err(self.down_hint(lid, &cpu));
         }
         let mut wait = self.wait();
-        let c = RemoteCpu::new(cpu).map_err(|e| e.to_string())?;
-        let r = ping_cpu(&mut self.bus, &self.ping, &c, params, &mut wait);
+        let ping_svc = self.ping;
+        let r = match self.bus.service_and_link_mut(&ping_svc, lid) {
+            Some((s, link)) => match s.endpoint(lid) {
+                Some(ept) => ping(link, ept, params, &mut wait),
+                None => Err(PingError::NoLink),
+            },
+            None => Err(PingError::NoLink),
+        };
         let interrupted = self.cfg.interrupt.load(Ordering::Relaxed);
         r.map_err(|e| match e {
             _ if interrupted => "interrupted".to_string(),
@@ -927,7 +1121,7 @@ impl Node {
                 "{cpu} has no rpmsg-ping endpoint bound to ours yet; wait a moment or check \
                  `rpmsg dump {cpu}`"
             ),
-            PingError::Rpmsg(RpmsgError::LinkDown) => self.down_hint(cpu),
+            PingError::Rpmsg(RpmsgError::LinkDown) => self.down_hint(lid, &cpu),
             PingError::Rpmsg(RpmsgError::Timeout) => format!(
                 "no TX buffer came back from {cpu} within the timeout: it is not consuming \
                  messages"
@@ -1018,8 +1212,26 @@ impl Node {
     /// every buffer is back. Returns the report line.
     pub fn test(&mut self, cpu: &str) -> Result<String, String> {
         let lid = self.link_to(cpu)?;
+        self.test_link(lid)
+    }
+
+    /// [`Node::test`] over link `lid` (one of [`Node::links`]).
+    pub fn test_link(&mut self, lid: LinkId) -> Result<String, String> {
+        let cpu = self
+            .bus
+            .link(lid)
+            .map(|l| l.remote_cpu().to_string())
+            .ok_or("the link vanished")?;
+        let cpu = cpu.as_str();
+        if self
+            .bus
+            .link(lid)
+            .is_some_and(|l| l.transport().role() == "port")
+        {
+            return Err(format!("not over {cpu}: {PORT_TEST_NOTE}"));
+        }
         if !self.bus.link(lid).is_some_and(|l| l.is_up()) {
-            return Err(self.down_hint(cpu));
+            return Err(self.down_hint(lid, cpu));
         }
         let ept = self
             .bus
@@ -1115,6 +1327,7 @@ impl Node {
             v.push(format!("tty{}", self.cfg.names.remote));
         }
         v.sort();
+        v.dedup();
         v
     }
 
@@ -1295,15 +1508,24 @@ impl NodeHandle {
 /// queued by other threads, such as syslog lines, waits at most this long).
 const IDLE_SERVICE: Duration = Duration::from_millis(100);
 
+/// A busy loop (the peer rang) reads the clock for the timed checks only on
+/// every this-many-th round; idle rounds read it every time, so those checks
+/// run at least every [`TABLE_CHECK_PERIOD`] or this many rounds.
+const CLOCK_EVERY_STEPS: u32 = 32;
+
 fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
     let mut last_seen = None;
     let mut last_service = Instant::now();
+    let mut busy = 0u32;
     loop {
         let seen = node.bell.doorbell().peer_seq();
-        let mut worked = sh.pending.swap(false, Ordering::AcqRel);
-        while let Ok(job) = rx.try_recv() {
-            job(node);
-            worked = true;
+        // Calls and wakes set `pending` after queueing: while it reads
+        // clear there is nothing to take (and no need for the atomic swap).
+        let worked = sh.pending.load(Ordering::Relaxed) && sh.pending.swap(false, Ordering::AcqRel);
+        if worked {
+            while let Ok(job) = rx.try_recv() {
+                job(node);
+            }
         }
         if sh.cancel.load(Ordering::Acquire) {
             return None;
@@ -1313,11 +1535,22 @@ fn run(node: &mut Node, rx: &Receiver<Job>, sh: &Shared) -> Option<String> {
         // boot words, which the peer changes without ringing.
         let rang = last_seen != Some(seen);
         last_seen = Some(seen);
-        if rang || worked || last_service.elapsed() >= IDLE_SERVICE {
-            last_service = Instant::now();
-            node.step();
+        if rang || worked {
+            // The hot path: the clock only now and then.
+            busy = busy.wrapping_add(1);
+            let now = (busy % CLOCK_EVERY_STEPS == 0).then(Instant::now);
+            if let Some(now) = now {
+                last_service = now;
+            }
+            node.step_at(now);
         } else {
-            node.check_boot_words();
+            let now = Instant::now();
+            if now.saturating_duration_since(last_service) >= IDLE_SERVICE {
+                last_service = now;
+                node.step_at(Some(now));
+            } else {
+                node.idle_checks(now);
+            }
         }
         if let Some(why) = node.exit.take() {
             return Some(why);

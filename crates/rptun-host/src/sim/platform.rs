@@ -30,7 +30,7 @@ use rptun::remoteproc::Role;
 use rptun::shm::Region;
 
 use super::boot::{self, BootError};
-use super::layout::{BASE, BOOT, BOOTS, DEFAULT_BASE, RSC, SEQM, SEQS};
+use super::layout::{BASE, BOOT, BOOTS, DEFAULT_BASE, RSC, SEQM, SEQS, SLEEPM, SLEEPS};
 use crate::doorbell::Doorbell;
 
 /// The simulator's doorbell handle: rings the peer by incrementing this
@@ -41,13 +41,18 @@ pub struct SimBell(Doorbell);
 
 impl SimBell {
     /// The doorbell of `role` in `region`: rings `seqm` (master) or `seqs`
-    /// (remote), waits on the other one.
+    /// (remote), waits on the other one; adaptive (wakes the peer only when
+    /// its sleepers word says it sleeps, see [`layout`](super::layout)).
     pub fn new(region: Region, role: Role, poll: bool, max_sleep: Duration) -> SimBell {
-        let (mine, peer) = match role {
-            Role::Master => (SEQM, SEQS),
-            Role::Remote => (SEQS, SEQM),
+        let (mine, peer, my_flag, peer_flag) = match role {
+            Role::Master => (SEQM, SEQS, SLEEPM, SLEEPS),
+            Role::Remote => (SEQS, SEQM, SLEEPS, SLEEPM),
         };
-        SimBell(Doorbell::new(region, mine, peer, poll).with_max_sleep(max_sleep))
+        SimBell(
+            Doorbell::new(region, mine, peer, poll)
+                .with_max_sleep(max_sleep)
+                .with_sleep_flags(my_flag, peer_flag),
+        )
     }
 
     /// The underlying host doorbell (to wait on the peer's counter).
@@ -66,6 +71,25 @@ impl Notify for SimBell {
 /// Says whether a blocking handshake should keep waiting.
 pub type KeepGoing = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// A remote the master runs itself (QEMU booting the rptun firmware over
+/// ivshmem): the master's platform starts it once the table is published,
+/// watches it while waiting for the handshake, and stops it. Without a
+/// runner the remote is another process started by someone else (the
+/// simulator's proxy), and STOP goes through the command mailbox.
+pub trait RemoteRunner: Send {
+    /// Starts the remote unless it runs already. The error says what went
+    /// wrong and what to do.
+    fn start(&mut self, region: &Region) -> Result<(), String>;
+    /// `Some(why)` once the remote can no longer answer (it exited).
+    fn exited(&mut self) -> Option<String>;
+    /// Stops the remote (e.g. STOP in the mailbox, then wait, bounded, for
+    /// it to power off, then kill it).
+    fn stop(&mut self, region: &Region);
+    /// The message for a remote that did not answer the handshake within
+    /// `secs` seconds.
+    fn timeout_hint(&self, secs: u64) -> String;
+}
+
 /// The simulator platform of one side.
 pub struct SimPlatform {
     role: Role,
@@ -77,6 +101,9 @@ pub struct SimPlatform {
     boot_timeout: Duration,
     keep_going: KeepGoing,
     last_error: Option<BootError>,
+    runner: Option<Box<dyn RemoteRunner>>,
+    runner_error: Option<String>,
+    keep_remote: bool,
 }
 
 impl std::fmt::Debug for SimPlatform {
@@ -111,6 +138,9 @@ impl SimPlatform {
             boot_timeout,
             keep_going,
             last_error: None,
+            runner: None,
+            runner_error: None,
+            keep_remote: false,
         }
     }
 
@@ -133,7 +163,42 @@ impl SimPlatform {
             boot_timeout,
             keep_going,
             last_error: None,
+            runner: None,
+            runner_error: None,
+            keep_remote: false,
         }
+    }
+
+    /// Master: the remote is started, watched and stopped by `runner`
+    /// (QEMU); the handshake then also waits for `boots & OK` (the remote
+    /// adopted the table) before the link counts as started.
+    pub fn set_runner(&mut self, runner: Box<dyn RemoteRunner>) {
+        self.runner = Some(runner);
+    }
+
+    /// True when a [`RemoteRunner`] runs the remote.
+    pub fn has_runner(&self) -> bool {
+        self.runner.is_some()
+    }
+
+    /// While set, stopping the instance (as a restart does) leaves the
+    /// runner's remote running: it restarted its link by itself and only the
+    /// handshake runs again.
+    pub fn set_keep_remote(&mut self, keep: bool) {
+        self.keep_remote = keep;
+    }
+
+    /// `Some(why)` once the runner's remote exited.
+    pub fn runner_exited(&mut self) -> Option<String> {
+        self.runner.as_mut().and_then(|r| r.exited())
+    }
+
+    /// The reason of the last failed start, in words (the instance only
+    /// sees a [`PlatformError`]).
+    pub fn last_start_error(&self) -> Option<String> {
+        self.runner_error
+            .clone()
+            .or_else(|| self.last_error.map(|e| e.to_string()))
     }
 
     /// This side's role.
@@ -163,6 +228,42 @@ impl SimPlatform {
     }
 }
 
+impl SimPlatform {
+    /// Master with a runner: start the remote, then BOOT and OK, watching
+    /// the remote meanwhile.
+    fn start_runner(
+        &mut self,
+        runner: &mut dyn RemoteRunner,
+        keep: &KeepGoing,
+    ) -> Result<(), PlatformError> {
+        if let Err(e) = runner.start(&self.region) {
+            self.runner_error = Some(e);
+            return Err(PlatformError::Failed("start the remote"));
+        }
+        let mut exited = None;
+        let mut keep_going = || {
+            if let Some(why) = runner.exited() {
+                exited = Some(why);
+                return false;
+            }
+            keep()
+        };
+        let r = boot::master_wait_remote(&self.region, self.boot_timeout, &mut keep_going)
+            .and_then(|()| {
+                boot::master_wait_ready(&self.region, self.boot_timeout, &mut keep_going)
+            });
+        let Err(e) = r else {
+            return Ok(());
+        };
+        self.runner_error = match (exited, e) {
+            (Some(why), _) => Some(why),
+            (None, BootError::Timeout { secs, .. }) => Some(runner.timeout_hint(secs)),
+            (None, _) => None,
+        };
+        Err(self.boot_failed(e))
+    }
+}
+
 impl Platform for SimPlatform {
     type Notifier = SimBell;
 
@@ -180,6 +281,7 @@ impl Platform for SimPlatform {
 
     fn resource_table(&mut self) -> Result<TableLocation, PlatformError> {
         self.last_error = None;
+        self.runner_error = None;
         match self.role {
             Role::Master => {
                 if let Err(e) = boot::master_publish(&self.region, &self.table, self.base) {
@@ -239,16 +341,28 @@ impl Platform for SimPlatform {
     }
 
     fn start(&mut self) -> Result<(), PlatformError> {
-        if self.role.is_master() {
-            let keep = self.keep_going.clone();
+        if !self.role.is_master() {
+            return Ok(());
+        }
+        let keep = self.keep_going.clone();
+        let Some(mut runner) = self.runner.take() else {
             if let Err(e) = boot::master_wait_remote(&self.region, self.boot_timeout, || keep()) {
                 return Err(self.boot_failed(e));
             }
-        }
-        Ok(())
+            return Ok(());
+        };
+        let r = self.start_runner(runner.as_mut(), &keep);
+        self.runner = Some(runner);
+        r
     }
 
     fn stop(&mut self) -> Result<(), PlatformError> {
+        if let Some(runner) = self.runner.as_mut() {
+            if !self.keep_remote {
+                runner.stop(&self.region);
+            }
+            return Ok(());
+        }
         match self.role {
             // The remote is another process: ask it (mailbox STOP).
             Role::Master => Err(PlatformError::Unsupported("stop")),

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 use core::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rptun::remoteproc::vdev::{VdevDevice, VdevDriver};
@@ -82,6 +83,9 @@ struct Seat {
 #[derive(Debug, Clone)]
 pub struct SlotHandle {
     seat: Arc<Mutex<Seat>>,
+    /// Bumped (under the seat's lock) whenever the occupant changes: the
+    /// transport's cached view is good while it has not moved.
+    changes: Arc<AtomicU32>,
 }
 
 fn lock(m: &Mutex<Seat>) -> MutexGuard<'_, Seat> {
@@ -98,14 +102,17 @@ impl SlotHandle {
         }
         s.epoch = s.epoch.wrapping_add(1);
         s.t = Some(t);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Unseats and stops the occupant: the link goes down. The vdev is being
     /// removed, so its transport is not used after this.
     pub fn remove(&self) {
-        if let Some(mut t) = lock(&self.seat).t.take() {
+        let mut s = lock(&self.seat);
+        if let Some(mut t) = s.t.take() {
             t.stop();
         }
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// True while an instance is seated.
@@ -117,6 +124,20 @@ impl SlotHandle {
 /// The rpmsg transport with a seat (see the module docs).
 pub struct SlotTransport {
     seat: Arc<Mutex<Seat>>,
+    v: View,
+}
+
+/// What the transport's `&self` methods report, copied from the occupant.
+struct View {
+    changes: Arc<AtomicU32>,
+    /// `changes` when `session` was taken from the occupant (after this
+    /// transport's last call into it); `None`: look under the lock.
+    cached_at: Option<u32>,
+    /// The link session as of `cached_at`.
+    session: Option<u32>,
+    /// The (epoch, occupant session) the reported regions, sizes and names
+    /// were copied at: they change only with the session.
+    viewed: Option<(u32, Option<u32>)>,
     role: &'static str,
     local: LocalCpu,
     remote: RemoteCpu,
@@ -129,9 +150,9 @@ pub struct SlotTransport {
 impl fmt::Debug for SlotTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SlotTransport")
-            .field("role", &self.role)
-            .field("local", &self.local)
-            .field("remote", &self.remote)
+            .field("role", &self.v.role)
+            .field("local", &self.v.local)
+            .field("remote", &self.v.remote)
             .finish_non_exhaustive()
     }
 }
@@ -148,32 +169,37 @@ impl SlotTransport {
         region: Region,
     ) -> (SlotTransport, SlotHandle) {
         let seat = Arc::new(Mutex::new(Seat::default()));
+        let changes = Arc::new(AtomicU32::new(0));
         (
             SlotTransport {
                 seat: seat.clone(),
-                role,
-                local,
-                remote,
-                tx: region.clone(),
-                rx: region,
-                tx_size: 0,
-                rx_size: 0,
+                v: View {
+                    changes: changes.clone(),
+                    cached_at: None,
+                    session: None,
+                    viewed: None,
+                    role,
+                    local,
+                    remote,
+                    tx: region.clone(),
+                    rx: region,
+                    tx_size: 0,
+                    rx_size: 0,
+                },
             },
-            SlotHandle { seat },
+            SlotHandle { seat, changes },
         )
     }
 
-    /// Refreshes what `&self` methods report from the occupant.
-    fn refresh(&mut self) {
-        let s = lock(&self.seat);
-        if let Some(t) = &s.t {
-            let t = t.t();
-            self.tx = t.tx_region().clone();
-            self.rx = t.rx_region().clone();
-            self.tx_size = t.tx_buffer_size();
-            self.rx_size = t.rx_buffer_size();
-            self.remote = t.remote_cpu();
-            self.local = t.local_cpu();
+    /// Copies the occupant's regions (only when they changed: this runs
+    /// on every transport call).
+    fn view(t: &dyn RpmsgTransport, tx: &mut Region, rx: &mut Region) {
+        let same = |a: &Region, b: &Region| a.base_addr() == b.base_addr() && a.len() == b.len();
+        if !same(tx, t.tx_region()) {
+            *tx = t.tx_region().clone();
+        }
+        if !same(rx, t.rx_region()) {
+            *rx = t.rx_region().clone();
         }
     }
 
@@ -181,29 +207,64 @@ impl SlotTransport {
         &mut self,
         f: impl FnOnce(&mut dyn RpmsgTransport) -> Result<R, TransportError>,
     ) -> Result<R, TransportError> {
-        let r = {
-            let mut s = lock(&self.seat);
-            match s.t.as_mut() {
-                Some(t) => f(t.t_mut()),
-                None => Err(TransportError::LinkDown),
-            }
+        // One lock for the call and the refresh. An occupant's session
+        // (and with it what the view copies) changes in `poll` (status
+        // changes, restarts) or in a call that fails (a broken ring takes
+        // it down): a call that succeeded leaves the view as it was, unless
+        // the handle swapped occupants since the view was taken.
+        let mut s = lock(&self.seat);
+        let r = match s.t.as_mut() {
+            Some(t) => f(t.t_mut()),
+            None => Err(TransportError::LinkDown),
         };
-        self.refresh();
+        if r.is_err() || self.v.cached_at != Some(self.v.changes.load(Ordering::Acquire)) {
+            self.v.refresh(&s);
+        }
         r
+    }
+}
+
+impl View {
+    /// Refreshes what `&self` methods report from the occupant, with the
+    /// seat locked (`s`): the session every time (cheap); the regions, sizes
+    /// and names when the session moved (an up occupant set them up when it
+    /// came up: they stay until its session ends) or while it is down (not
+    /// the hot path; it tears them down on its own time).
+    fn refresh(&mut self, s: &Seat) {
+        // Read under the lock: the handle bumps it under the lock too.
+        let at = self.changes.load(Ordering::Acquire);
+        let Some(t) = &s.t else {
+            self.session = None;
+            self.cached_at = Some(at);
+            return;
+        };
+        let t = t.t();
+        let inner = t.link_session();
+        self.session = inner.map(|i| (s.epoch << 16) | (i & 0xffff));
+        self.cached_at = Some(at);
+        let key = Some((s.epoch, inner));
+        if self.viewed != key || inner.is_none() {
+            self.viewed = key;
+            SlotTransport::view(t, &mut self.tx, &mut self.rx);
+            self.tx_size = t.tx_buffer_size();
+            self.rx_size = t.rx_buffer_size();
+            self.remote = t.remote_cpu();
+            self.local = t.local_cpu();
+        }
     }
 }
 
 impl RpmsgTransport for SlotTransport {
     fn role(&self) -> &str {
-        self.role
+        self.v.role
     }
 
     fn local_cpu(&self) -> LocalCpu {
-        self.local
+        self.v.local
     }
 
     fn remote_cpu(&self) -> RemoteCpu {
-        self.remote
+        self.v.remote
     }
 
     fn features(&self) -> RpmsgFeatures {
@@ -215,30 +276,35 @@ impl RpmsgTransport for SlotTransport {
     }
 
     fn link_session(&self) -> Option<u32> {
+        // The occupant's session changes only in calls through this
+        // transport (which cache it) or when the handle swaps occupants.
+        if self.v.cached_at == Some(self.v.changes.load(Ordering::Acquire)) {
+            return self.v.session;
+        }
         let s = lock(&self.seat);
         let inner = s.t.as_ref()?.t().link_session()?;
         Some((s.epoch << 16) | (inner & 0xffff))
     }
 
     fn tx_buffer_size(&self) -> usize {
-        self.tx_size
+        self.v.tx_size
     }
 
     fn rx_buffer_size(&self) -> usize {
-        self.rx_size
+        self.v.rx_size
     }
 
     fn tx_region(&self) -> &Region {
-        &self.tx
+        &self.v.tx
     }
 
     fn rx_region(&self) -> &Region {
-        &self.rx
+        &self.v.rx
     }
 
     fn poll(&mut self) -> Result<(), TransportError> {
+        let mut s = lock(&self.seat);
         let r = {
-            let mut s = lock(&self.seat);
             match s.t.as_mut() {
                 None => Ok(()),
                 Some(seated) => {
@@ -264,7 +330,7 @@ impl RpmsgTransport for SlotTransport {
                 }
             }
         };
-        self.refresh();
+        self.v.refresh(&s);
         r
     }
 

@@ -182,12 +182,14 @@ impl<T: RpmsgTransport + 'static> EndpointHandler<T> for ClientEpt {
     }
 }
 
-/// The client: announces `"rpmsg-syslog"` on every link and sends the
-/// queue's lines to the first bound one.
+/// The client: announces `"rpmsg-syslog"` on every link (or on one, see
+/// [`SyslogClient::only_on`]) and sends the queue's lines to the first bound
+/// one.
 #[derive(Debug)]
 pub struct SyslogClient {
     queue: Arc<SyslogQueue>,
     epts: Vec<(LinkId, EndpointId)>,
+    only: Option<LinkId>,
 }
 
 impl SyslogClient {
@@ -196,12 +198,23 @@ impl SyslogClient {
         SyslogClient {
             queue,
             epts: Vec::new(),
+            only: None,
         }
+    }
+
+    /// Announces the endpoint on link `id` only (as NuttX's syslog_rpmsg
+    /// talks to one configured server), so that every line takes one way.
+    pub fn only_on(mut self, id: LinkId) -> SyslogClient {
+        self.only = Some(id);
+        self
     }
 }
 
 impl<T: RpmsgTransport + 'static> Service<T> for SyslogClient {
     fn device_created(&mut self, link: &mut Link<T>, id: LinkId) {
+        if self.only.is_some_and(|o| o != id) {
+            return;
+        }
         let h = ClientEpt {
             queue: self.queue.clone(),
         };

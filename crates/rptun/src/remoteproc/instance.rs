@@ -21,17 +21,26 @@
 //! Vdevs: for each vdev the [`Registry`] factory of its device id and this
 //! side's role builds a [`VirtioHandler`]. A driver-role handler is built at
 //! start; a device-role one once the driver set DRIVER_OK (and removed again
-//! if the driver resets the device). A vdev without a factory is skipped with
-//! a log line; a vdev whose table entry or factory fails is marked failed;
-//! neither affects the other vdevs.
+//! if the driver resets the device). A device-role vdev's vring entries are
+//! its driver's until DRIVER_OK (NuttX's refactored master writes a vdev's
+//! vring addresses only when it creates that vdev, after boot): they are read
+//! and validated at DRIVER_OK
+//! ([`LinkTable::bind_vrings`](crate::remoteproc::table::LinkTable::bind_vrings)),
+//! and bad values there fail only that vdev. A vdev without a factory is
+//! skipped with a log line; a vdev whose table entry or factory fails is
+//! marked failed; neither affects the other vdevs.
 //!
 //! Doorbells: the platform calls [`Instance::handle_doorbell`] with the
 //! notify id that rang, or [`Doorbell::All`]. An id reaches only the vdev
 //! that owns it, and a queue's handler is called only when the peer
 //! published new work on it; "all" polls every handler and checks every
 //! queue. Every doorbell on a running link also checks that the resource
-//! table still has the structure validated at start
-//! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify)): a
+//! table still has the structure validated at start (a device-role vdev's
+//! vring entries from its DRIVER_OK on)
+//! ([`LinkTable::verify`](crate::remoteproc::table::LinkTable::verify));
+//! a fast link can thin that to every n-th doorbell, the one after any
+//! event, and the caller's own clock
+//! ([`Instance::set_table_check_every`], [`Instance::verify_table`]). A
 //! peer that rewrote it takes the link down (every vdev
 //! [`Event::VdevFailed`] with `TableError::ChangedAfterBoot`, state
 //! [`State::Crashed`]) until a restart. Every doorbell also polls the
@@ -55,7 +64,7 @@ use crate::remoteproc::table::{self, LinkTable, TableError};
 use crate::remoteproc::vdev::{driver_ready, VdevDevice, VdevDriver, VdevLink};
 use crate::remoteproc::Role as LinkRole;
 use crate::shm::Region;
-use crate::virtio::{Role, VirtioError};
+use crate::virtio::{QueueMem, Role, VirtioError};
 
 /// Life-cycle state of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,6 +222,17 @@ struct Slot<N> {
     state: SlotState,
     /// Per queue, the peer index last delivered to the handler.
     seen: Vec<Option<u16>>,
+    /// Per queue, where the ring lives, for the index the peer advances
+    /// (its used index when we drive, its avail index when we are the
+    /// device): worked out once when the vdev becomes active, not on every
+    /// doorbell, and read only while it is active. The slots are rebuilt on
+    /// every start, and a table changed under a running link crashes it
+    /// at the next table check ([`Instance::check_table`]: every doorbell
+    /// by default, see [`Instance::set_table_check_every`]), so a cached
+    /// layout outlives the validated table it came from by at most that
+    /// long, and it only ever points at the vring memory that was
+    /// validated. (Index loads stay bounds-checked by the region.)
+    watch: Vec<Option<QueueMem>>,
 }
 
 struct Link<N> {
@@ -242,6 +262,10 @@ pub struct Instance<P: Platform> {
     pending_cmd: Option<Command>,
     events: Vec<Event>,
     on_event: Option<EventHandler>,
+    /// The table is verified on every this-many-th doorbell (at least 1).
+    table_check_every: u32,
+    /// Doorbells served since the table was last verified.
+    table_unchecked: u32,
 }
 
 impl<P: Platform> fmt::Debug for Instance<P> {
@@ -268,7 +292,41 @@ impl<P: Platform> Instance<P> {
             pending_cmd: None,
             events: Vec::new(),
             on_event: None,
+            table_check_every: 1,
+            table_unchecked: 0,
         }
+    }
+
+    /// Verifies the resource table (against the digest taken when it was
+    /// validated) on every `doorbells`-th [`handle_doorbell`] instead of on
+    /// every one (the default, `1`; `0` is taken as `1`), and on the next
+    /// doorbell after any [`Event`]. The digest covers the whole table, so
+    /// on a fast link it is a sizeable part of a doorbell's cost. A caller
+    /// that sets more than 1 should also call [`verify_table`] on its own
+    /// clock (every few milliseconds) so that a peer that rewrites the table
+    /// is caught within a bounded time however few doorbells ring: the
+    /// link then goes down exactly as on a doorbell.
+    ///
+    /// [`handle_doorbell`]: Self::handle_doorbell
+    /// [`verify_table`]: Self::verify_table
+    pub fn set_table_check_every(&mut self, doorbells: u32) {
+        self.table_check_every = doorbells.max(1);
+    }
+
+    /// Verifies the resource table now (while running): a table changed
+    /// after validation takes the link down as [`handle_doorbell`] does
+    /// (every vdev fails with [`TableError::ChangedAfterBoot`], state
+    /// [`State::Crashed`], events delivered). False when it did.
+    ///
+    /// [`handle_doorbell`]: Self::handle_doorbell
+    pub fn verify_table(&mut self) -> bool {
+        if self.state != State::Running {
+            return true;
+        }
+        self.table_unchecked = 0;
+        self.check_table();
+        self.flush();
+        self.state == State::Running
     }
 
     /// Calls `f` for every [`Event`], from the context that drives the
@@ -471,6 +529,7 @@ impl<P: Platform> Instance<P> {
                     link: Some(VdevLink::new(region.clone(), map, *info, notifier.clone())),
                     state: SlotState::Waiting,
                     seen: vec![None; usize::from(info.num_vrings())],
+                    watch: Vec::new(),
                 },
                 Err(fault) => Slot {
                     index: fault.index,
@@ -478,6 +537,7 @@ impl<P: Platform> Instance<P> {
                     link: None,
                     state: SlotState::Failed(InstanceError::Table(fault.error)),
                     seen: Vec::new(),
+                    watch: Vec::new(),
                 },
             })
             .collect();
@@ -525,7 +585,15 @@ impl<P: Platform> Instance<P> {
                 Role::Driver => activate(&mut self.registry, slot, &mut self.events),
                 Role::Device => {
                     // Created at once if the driver is already up.
-                    service(&mut self.registry, slot, Which::Config, &mut self.events);
+                    if let Some(link) = &mut self.link {
+                        service(
+                            &mut self.registry,
+                            link,
+                            slot,
+                            Which::Config,
+                            &mut self.events,
+                        );
+                    }
                 }
             }
         }
@@ -538,13 +606,17 @@ impl<P: Platform> Instance<P> {
     pub fn handle_doorbell(&mut self, doorbell: Doorbell) {
         self.poll_mailbox();
         if self.state == State::Running {
-            self.check_table();
+            self.table_unchecked = self.table_unchecked.saturating_add(1);
+            if self.table_unchecked >= self.table_check_every || !self.events.is_empty() {
+                self.table_unchecked = 0;
+                self.check_table();
+            }
         }
-        if self.state == State::Running {
+        if let (State::Running, Some(link)) = (self.state, &mut self.link) {
             match doorbell {
                 Doorbell::All => {
                     for slot in &mut self.slots {
-                        service(&mut self.registry, slot, Which::All, &mut self.events);
+                        service(&mut self.registry, link, slot, Which::All, &mut self.events);
                     }
                 }
                 Doorbell::Id(id) => {
@@ -559,17 +631,40 @@ impl<P: Platform> Instance<P> {
                     match target {
                         Some((i, which)) => service(
                             &mut self.registry,
+                            link,
                             &mut self.slots[i],
                             which,
                             &mut self.events,
                         ),
-                        None => log::debug!(
-                            "remoteproc {}: doorbell for unknown notify id {id}; ignored",
-                            self.platform.remote_cpu()
-                        ),
+                        None => {
+                            // Maybe a vring of a vdev whose driver has just
+                            // set DRIVER_OK (its vring ids are not settled
+                            // before): look at the waiting ones.
+                            log::debug!(
+                                "remoteproc {}: doorbell for notify id {id}, which no live \
+                                 vdev owns; checking the vdevs waiting for their driver",
+                                self.platform.remote_cpu()
+                            );
+                            for slot in &mut self.slots {
+                                if matches!(slot.state, SlotState::Waiting) {
+                                    service(
+                                        &mut self.registry,
+                                        link,
+                                        slot,
+                                        Which::Config,
+                                        &mut self.events,
+                                    );
+                                }
+                            }
+                        }
                     }
                 }
             }
+        }
+        if !self.events.is_empty() {
+            // Something happened on the link: look at the table on the next
+            // doorbell whatever the interval.
+            self.table_unchecked = self.table_check_every;
         }
         self.flush();
     }
@@ -780,6 +875,14 @@ fn activate<N: Notify + Clone>(
         Ok(Some(Ok(h))) => {
             slot.state = SlotState::Active(h);
             slot.seen.iter_mut().for_each(|s| *s = None);
+            // The handler has set its queues up (a driver assigned its
+            // vrings): their layout is final until the vdev goes down.
+            slot.watch = match &slot.link {
+                Some(l) => (0..l.info().num_vrings())
+                    .map(|q| l.queue_mem(q).ok())
+                    .collect(),
+                None => Vec::new(),
+            };
             events.push(Event::VdevUp {
                 index: slot.index,
                 id: slot.id,
@@ -814,8 +917,13 @@ fn activate<N: Notify + Clone>(
 
 /// True when the peer published new work on queue `q` since the last
 /// delivery (new avail entries for a device, new used ones for a driver).
-fn has_work<N: Notify>(link: &VdevLink<N>, seen: &mut [Option<u16>], q: u16) -> bool {
-    let Ok(mem) = link.queue_mem(q) else {
+fn has_work<N: Notify>(
+    link: &VdevLink<N>,
+    watch: &[Option<QueueMem>],
+    seen: &mut [Option<u16>],
+    q: u16,
+) -> bool {
+    let Some(Some(mem)) = watch.get(usize::from(q)) else {
         return false;
     };
     let at = match link.info().role {
@@ -834,14 +942,15 @@ fn has_work<N: Notify>(link: &VdevLink<N>, seen: &mut [Option<u16>], q: u16) -> 
     }
 }
 
-/// Handles a doorbell for one vdev.
+/// Handles a doorbell for one vdev of `shared` (the running link).
 fn service<N: Notify + Clone>(
     registry: &mut Registry<N>,
+    shared: &mut Link<N>,
     slot: &mut Slot<N>,
     mut which: Which,
     events: &mut Vec<Event>,
 ) {
-    let Some(link) = &slot.link else { return };
+    let Some(link) = &mut slot.link else { return };
     let role = link.info().role;
     match &slot.state {
         SlotState::Skipped | SlotState::Failed(_) => return,
@@ -849,16 +958,41 @@ fn service<N: Notify + Clone>(
             if role != Role::Device || !link.status().is_ok_and(driver_ready) {
                 return;
             }
+            // DRIVER_OK: the vring entries are settled now; read them.
+            match shared.table.bind_vrings(&shared.region, slot.index) {
+                Ok(info) => {
+                    link.set_info(info);
+                    slot.seen = vec![None; usize::from(info.num_vrings())];
+                }
+                Err(e) => {
+                    log::warn!(
+                        "vdev {} (id {}): the driver set DRIVER_OK with unusable vrings: {e}",
+                        slot.index,
+                        slot.id
+                    );
+                    let error = InstanceError::Table(e);
+                    slot.state = SlotState::Failed(error);
+                    events.push(Event::VdevFailed {
+                        index: slot.index,
+                        id: slot.id,
+                        error,
+                    });
+                    return;
+                }
+            }
             activate(registry, slot, events);
             which = Which::All;
         }
         SlotState::Active(_) => {
             if role == Role::Device && !link.status().is_ok_and(driver_ready) {
-                // The driver reset the device (or gave up): wait for it again.
+                // The driver reset the device (or gave up): wait for it
+                // again; the vring entries are its to rewrite meanwhile.
                 if let SlotState::Active(h) = &mut slot.state {
                     h.remove();
                 }
+                shared.table.unbind_vrings(slot.index);
                 slot.state = SlotState::Waiting;
+                slot.watch.clear();
                 events.push(Event::VdevDown {
                     index: slot.index,
                     id: slot.id,
@@ -873,14 +1007,14 @@ fn service<N: Notify + Clone>(
     match which {
         Which::Config => h.poll(),
         Which::Queue(q) => {
-            if has_work(link, &mut slot.seen, q) {
+            if has_work(link, &slot.watch, &mut slot.seen, q) {
                 h.notify(q);
             }
         }
         Which::All => {
             h.poll();
             for q in 0..link.info().num_vrings() {
-                if has_work(link, &mut slot.seen, q) {
+                if has_work(link, &slot.watch, &mut slot.seen, q) {
                     h.notify(q);
                 }
             }

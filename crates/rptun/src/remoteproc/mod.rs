@@ -22,7 +22,12 @@
 //!   (driver and device roles);
 //! - `registry` (feature `alloc`): virtio factories by device id and role;
 //! - `instance` (feature `alloc`): the life cycle of a link (start, stop,
-//!   restart, doorbells, commands).
+//!   restart, doorbells, commands);
+//! - `rpmsg_vdev` (feature `alloc`): rpmsg-virtio registered on rpmsg vdevs,
+//!   handing links to the application's bus;
+//! - [`shmem`]: header, boot handshake and counter doorbells of links without
+//!   a doorbell interrupt (NuttX's simulator, ivshmem), and a remote-side
+//!   platform over them.
 //!
 //! Everything here except `registry` and `instance` is `no_std` and works
 //! without `alloc`; tables that would grow on a heap have a fixed,
@@ -38,6 +43,9 @@ pub mod mailbox;
 pub mod platform;
 #[cfg(feature = "alloc")]
 pub mod registry;
+#[cfg(feature = "alloc")]
+pub mod rpmsg_vdev;
+pub mod shmem;
 pub mod table;
 pub mod vdev;
 

@@ -20,7 +20,20 @@
 //!   `vring_size` (no trailing `avail_event`). The values are written back
 //!   into the shared table.
 //! - **Remote** ([`adopt`]): the same validation; every notify id and vring
-//!   address must have been assigned by the master.
+//!   address must have been assigned by the master, except the vring entries
+//!   of the vdevs this side is the device of (below).
+//!
+//! **Vring entries of a device-role vdev** belong to its driver until the
+//! driver sets DRIVER_OK (the Linux remoteproc contract: NuttX's refactored
+//! master writes each vdev's vring `da` only when it creates that vdev, after
+//! `bootm = OK`). For such a vdev, start-up reads the vring entries only
+//! provisionally (a missing or bad value is not a fault; the summary then
+//! holds ANY notify ids for its vrings) and leaves them out of the change
+//! check; at DRIVER_OK, [`LinkTable::bind_vrings`] reads and validates them
+//! strictly (assigned, usable size and alignment, inside the shared memory,
+//! notify ids unique), and from then on [`LinkTable::verify`] covers them
+//! while the driver keeps DRIVER_OK. A driver that resets the device owns
+//! them again ([`LinkTable::unbind_vrings`]).
 //!
 //! Whatever follows the vrings in a vdev's carveout is that vdev's buffer
 //! pool ([`VdevInfo::pool`]), used by the side that is the vdev's driver.
@@ -33,6 +46,7 @@
 
 use crate::remoteproc::addr::AddrError;
 use crate::remoteproc::platform::{LinkMap, TableLocation};
+use crate::remoteproc::vdev::driver_ready;
 use crate::shm::{Region, ShmError};
 use crate::virtio::queue::{QueueLayout, MAX_QUEUE_SIZE};
 use crate::virtio::Role;
@@ -156,6 +170,12 @@ pub enum TableError {
          sizes, notify ids or carveouts were rewritten); the link is unusable: restart it"
     )]
     ChangedAfterBoot,
+    /// No vdev has this ordinal.
+    #[error("the resource table has no vdev {index}; use the ordinals of LinkTable::vdevs")]
+    NoVdev {
+        /// The ordinal asked for.
+        index: usize,
+    },
     /// The master left a value for the remote unassigned.
     #[error(
         "vdev {vdev}: the master did not assign its {what}; the table is not ready (or the \
@@ -184,7 +204,10 @@ pub struct PoolRange {
 ///
 /// Offsets are region offsets of the live fields in the shared table; the
 /// counts (`num_vrings`, `config_len`) and notify ids are the validated
-/// snapshot and bound every later access.
+/// snapshot and bound every later access. For a vdev this side is the
+/// device of, the vring notify ids are provisional (as found at start-up,
+/// ANY if they were not usable yet) until [`LinkTable::bind_vrings`]
+/// validated them at DRIVER_OK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VdevInfo {
     /// Ordinal among the table's vdevs.
@@ -274,8 +297,16 @@ pub struct LinkTable {
     vdevs: [Option<Result<VdevInfo, VdevFault>>; MAX_VDEVS],
     /// Entries in the offset array, as validated.
     entries: usize,
-    /// Digest of the fields nobody may change after validation.
+    /// Digest of the fields nobody may change after validation (without
+    /// the vring entries of the deferred vdevs).
     digest: u64,
+    /// Bit `i`: vdev `i` is a device-role vdev whose vring entries belong to
+    /// its driver until DRIVER_OK.
+    deferred: u8,
+    /// Per deferred vdev bound at DRIVER_OK, the digest of its vring entries.
+    bound: [Option<u64>; MAX_VDEVS],
+    /// The address map the table was validated with.
+    map: LinkMap,
 }
 
 impl LinkTable {
@@ -311,11 +342,176 @@ impl LinkTable {
     /// [`TableError::ChangedAfterBoot`]: the transports work from the
     /// validated copy, so the change cannot mislead them, but the two sides
     /// no longer agree on the link and it must be restarted.
+    ///
+    /// The vring entries of a vdev this side is the device of are covered
+    /// only once [`bind_vrings`](Self::bind_vrings) validated them, and only
+    /// while the vdev's status keeps DRIVER_OK (without FAILED): until then
+    /// they are its driver's to write.
     pub fn verify(&self, region: &Region) -> Result<(), TableError> {
-        match digest(region, self.location.offset, self.entries) {
-            Ok(d) if d == self.digest => Ok(()),
-            _ => Err(TableError::ChangedAfterBoot),
+        match digest(region, self.location.offset, self.entries, self.deferred) {
+            Ok(d) if d == self.digest => {}
+            _ => return Err(TableError::ChangedAfterBoot),
         }
+        for (slot, want) in self.vdevs.iter().zip(&self.bound) {
+            let (Some(Ok(info)), Some(want)) = (slot, want) else {
+                continue;
+            };
+            let status = region
+                .read_u8(info.status_offset())
+                .map_err(|_| TableError::ChangedAfterBoot)?;
+            if !driver_ready(status) {
+                continue;
+            }
+            let mut raw = [0u8; MAX_VRINGS * VRING_LEN];
+            let raw = &mut raw[..usize::from(info.num_vrings) * VRING_LEN];
+            region
+                .read_bytes(info.offset + VDEV_LEN, raw)
+                .map_err(|_| TableError::ChangedAfterBoot)?;
+            if vrings_digest(raw) != *want {
+                return Err(TableError::ChangedAfterBoot);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when vdev `index` is one this side is the device of, whose
+    /// vring entries its driver writes until DRIVER_OK.
+    pub fn is_deferred(&self, index: usize) -> bool {
+        index < MAX_VDEVS && self.deferred & (1 << index) != 0
+    }
+
+    /// Reads and validates the vring entries (`da`, `align`, `num`, notify
+    /// id) of vdev `index` once its driver set DRIVER_OK, and from then on
+    /// covers them in [`verify`](Self::verify). Returns the vdev's summary
+    /// with the vring notify ids now validated (also kept in the table).
+    /// For a vdev this side drives (or faulty), nothing is read: its summary
+    /// as validated at start-up (or its fault) is returned.
+    ///
+    /// Call it after reading the status (the status read is the acquire
+    /// that makes the driver's vring writes visible).
+    ///
+    /// Errors: a vring whose address or notify id is still unassigned
+    /// ([`TableError::Unassigned`]), whose `num`/`align` is unusable
+    /// ([`TableError::BadVring`]), that lies outside the shared memory
+    /// ([`TableError::VringUnmapped`]), or a notify id another vdev or vring
+    /// uses ([`TableError::DuplicateNotifyId`]). The vdev is then unusable;
+    /// the other vdevs are not affected.
+    pub fn bind_vrings(&mut self, region: &Region, index: usize) -> Result<VdevInfo, TableError> {
+        let info = match self.vdev(index) {
+            Some(Ok(info)) => *info,
+            Some(Err(fault)) => return Err(fault.error),
+            None => return Err(TableError::NoVdev { index }),
+        };
+        if !self.is_deferred(index) {
+            return Ok(info);
+        }
+        let n = usize::from(info.num_vrings);
+        let mut raw = [0u8; MAX_VRINGS * VRING_LEN];
+        let raw = &mut raw[..n * VRING_LEN];
+        // One read: what is validated is what is digested.
+        region.read_bytes(info.offset + VDEV_LEN, raw)?;
+        let mut next = info;
+        for k in 0..n {
+            let at = k * VRING_LEN;
+            let (da, align, num, id) = (
+                le32(raw, at),
+                le32(raw, at + 4),
+                le32(raw, at + 8),
+                le32(raw, at + 12),
+            );
+            let num = check_vring(index, k, num, align)?;
+            if da == 0 || da == ANY {
+                return Err(TableError::Unassigned {
+                    vdev: index,
+                    what: "vring address",
+                });
+            }
+            if id == ANY {
+                return Err(TableError::Unassigned {
+                    vdev: index,
+                    what: "vring notify id",
+                });
+            }
+            let stride = vring_stride(num, align).ok_or(TableError::BadVring {
+                vdev: index,
+                vring: k,
+                reason: "the ring size overflows",
+            })?;
+            let unmapped = |cause| TableError::VringUnmapped {
+                vdev: index,
+                vring: k,
+                cause,
+            };
+            let pa = self.map.da_to_pa(u64::from(da), stride).map_err(unmapped)?;
+            self.map.pa_to_offset(pa, stride).map_err(unmapped)?;
+            if id == next.notifyid
+                || next.vring_ids[..k].contains(&id)
+                || self.id_used_elsewhere(index, id)
+            {
+                return Err(TableError::DuplicateNotifyId { id });
+            }
+            next.vring_ids[k] = id;
+        }
+        self.bound[index] = Some(vrings_digest(raw));
+        self.vdevs[index] = Some(Ok(next));
+        Ok(next)
+    }
+
+    /// The driver of vdev `index` reset it: its vring entries are the
+    /// driver's to write again, and [`verify`](Self::verify) stops covering
+    /// them until the next [`bind_vrings`](Self::bind_vrings).
+    pub fn unbind_vrings(&mut self, index: usize) {
+        if let Some(b) = self.bound.get_mut(index) {
+            *b = None;
+        }
+    }
+
+    /// True when a vdev other than `index` owns notify id `id` (its own id,
+    /// or a vring id that is settled: validated at start-up or bound).
+    fn id_used_elsewhere(&self, index: usize, id: u32) -> bool {
+        self.vdevs[..self.count]
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != index)
+            .any(|(j, slot)| match slot {
+                Some(Ok(o)) => {
+                    let settled = !self.is_deferred(j) || self.bound[j].is_some();
+                    o.notifyid == id
+                        || (settled && o.vring_ids[..usize::from(o.num_vrings)].contains(&id))
+                }
+                _ => false,
+            })
+    }
+}
+
+/// The little-endian word at `at` of `raw` (0 past its end).
+fn le32(raw: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    if let Some(b) = raw.get(at..at + 4) {
+        w.copy_from_slice(b);
+    }
+    u32::from_le_bytes(w)
+}
+
+const DIGEST_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Digest of a vdev's vring entries, as bound.
+fn vrings_digest(raw: &[u8]) -> u64 {
+    let mut h = DIGEST_SEED;
+    hash_bytes(&mut h, raw);
+    h
+}
+
+/// Folds `bytes` into `h`, eight bytes at a time.
+fn hash_bytes(h: &mut u64, bytes: &[u8]) {
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(w);
+        *h = (*h ^ u64::from_le_bytes(x)).wrapping_mul(0x0100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        *h = (*h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
 }
 
@@ -329,15 +525,7 @@ fn hash_span(h: &mut u64, region: &Region, offset: usize, len: usize) -> Result<
         let n = (len - done).min(buf.len());
         let chunk = &mut buf[..n];
         region.read_bytes(offset + done, chunk)?;
-        let mut words = chunk.chunks_exact(8);
-        for w in &mut words {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(w);
-            *h = (*h ^ u64::from_le_bytes(x)).wrapping_mul(0x0100_0000_01b3);
-        }
-        for &b in words.remainder() {
-            *h = (*h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
+        hash_bytes(h, chunk);
         done += n;
     }
     Ok(())
@@ -346,9 +534,11 @@ fn hash_span(h: &mut u64, region: &Region, offset: usize, len: usize) -> Result<
 /// Digest of the immutable fields of the table at `base` with `entries`
 /// entries, walking the live offset array (any change to the array changes
 /// the digest, so following it is as good as following the validated one).
-/// Bounded by `entries` and by the region.
-fn digest(region: &Region, base: usize, entries: usize) -> Result<u64, ShmError> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
+/// The vring entries of the vdevs whose bit is set in `deferred` (by vdev
+/// ordinal) are left out. Bounded by `entries` and by the region.
+fn digest(region: &Region, base: usize, entries: usize, deferred: u8) -> Result<u64, ShmError> {
+    let mut h = DIGEST_SEED;
+    let mut vdev = 0usize;
     // ver, num (the reserved words are the mailbox).
     hash_span(&mut h, region, base, 8)?;
     hash_span(&mut h, region, base + 16, 4 * entries)?;
@@ -370,7 +560,10 @@ fn digest(region: &Region, base: usize, entries: usize) -> Result<u64, ShmError>
                 hash_span(&mut h, region, at + 20, 4)?;
                 hash_span(&mut h, region, at + 25, 3)?;
                 let n = usize::from(region.read_u8(at + 25)?);
-                hash_span(&mut h, region, at + VDEV_LEN, n * VRING_LEN)?;
+                if vdev >= MAX_VDEVS || deferred & (1 << vdev) == 0 {
+                    hash_span(&mut h, region, at + VDEV_LEN, n * VRING_LEN)?;
+                }
+                vdev += 1;
             }
             _ => hash_span(&mut h, region, at, 4)?,
         }
@@ -490,6 +683,18 @@ fn process(
     // Per-vdev faults found so far.
     let mut faults: [Option<TableError>; MAX_VDEVS] = [None; MAX_VDEVS];
 
+    // The vdevs this side is the device of: their driver owns the vring
+    // entries until DRIVER_OK (a master still places what is unassigned).
+    let mut deferred: u8 = 0;
+    for (i, v) in entries.iter().enumerate() {
+        if let Some(v) = v {
+            if vdev_role(master, v.reserved[0]) == Role::Device {
+                deferred |= 1 << i;
+            }
+        }
+    }
+    let provisional = |i: usize| !master && deferred & (1 << i) != 0;
+
     // Notify ids: gather, check uniqueness of the explicit ones, assign ANY.
     let mut ids = [IdSlot::default(); MAX_IDS];
     let mut nids = 0;
@@ -510,6 +715,10 @@ fn process(
             value: v.notifyid,
         };
         nids += 1;
+        if provisional(i) {
+            // Checked when the driver sets DRIVER_OK (bind_vrings).
+            continue;
+        }
         for (k, r) in v.vrings().enumerate() {
             ids[nids] = IdSlot {
                 vdev: i,
@@ -559,12 +768,24 @@ fn process(
         vdevs: [None; MAX_VDEVS],
         entries: table.num_entries(),
         digest: 0,
+        deferred,
+        bound: [None; MAX_VDEVS],
+        map: *map,
     };
     for (i, v) in entries.iter().enumerate() {
         let Some(v) = v else { continue };
         let result = match faults[i] {
             Some(error) => Err(error),
-            None => vdev_info(region, loc, map, master, i, v, carveouts[i], ids),
+            None => {
+                let mode = if master {
+                    VringMode::Place
+                } else if provisional(i) {
+                    VringMode::Provisional
+                } else {
+                    VringMode::Check
+                };
+                vdev_info(region, loc, map, mode, i, v, carveouts[i], ids)
+            }
         };
         out.vdevs[i] = Some(match result {
             Ok(mut info) => {
@@ -579,8 +800,20 @@ fn process(
         });
     }
     // Last: the master's assignments are part of what must not change.
-    out.digest = digest(region, loc.offset, out.entries)?;
+    out.digest = digest(region, loc.offset, out.entries, deferred)?;
     Ok(out)
+}
+
+/// How start-up treats a vdev's vring entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VringMode {
+    /// Master: place the unassigned ones, validate all.
+    Place,
+    /// Remote driver: all must be assigned and valid.
+    Check,
+    /// Remote device: read as found; not a fault if unusable yet (the
+    /// driver may write them until DRIVER_OK).
+    Provisional,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -588,18 +821,24 @@ fn vdev_info(
     region: &Region,
     loc: TableLocation,
     map: &LinkMap,
-    master: bool,
+    mode: VringMode,
     index: usize,
     v: &VdevEntry<'_>,
     carveout: Option<Located<Carveout>>,
     ids: &[IdSlot],
 ) -> Result<VdevInfo, TableError> {
+    let master = mode == VringMode::Place;
     let mut vring_ids = [0u32; MAX_VRINGS];
     let mut notifyid = v.notifyid;
     for s in ids.iter().filter(|s| s.vdev == index) {
         match s.vring {
             None => notifyid = s.value,
             Some(k) => vring_ids[k] = s.value,
+        }
+    }
+    if mode == VringMode::Provisional {
+        for (k, r) in v.vrings().enumerate() {
+            vring_ids[k] = r.notifyid;
         }
     }
 
@@ -630,61 +869,74 @@ fn vdev_info(
 
     // Vrings: validate; place those without an address (master).
     let mut cursor: u64 = 0;
-    for (k, r) in v.vrings().enumerate() {
-        let num = check_vring(index, k, r.num, r.align)?;
-        let stride = vring_stride(num, r.align).ok_or(TableError::BadVring {
-            vdev: index,
-            vring: k,
-            reason: "the ring size overflows",
-        })?;
-        let da = if r.da == 0 || r.da == ANY {
-            if !master {
-                return Err(TableError::Unassigned {
-                    vdev: index,
-                    what: "vring address",
-                });
-            }
-            let (co_da, _, _, co_len) = co.ok_or(TableError::NoCarveout { vdev: index })?;
-            let end = cursor + stride;
-            if end > u64::from(co_len) {
-                return Err(TableError::CarveoutTooSmall {
-                    vdev: index,
-                    need: end,
-                    have: co_len,
-                });
-            }
-            let da = co_da + cursor;
-            let da32 = u32::try_from(da).map_err(|_| TableError::VringUnmapped {
+    let mut place = || -> Result<(), TableError> {
+        for (k, r) in v.vrings().enumerate() {
+            let num = check_vring(index, k, r.num, r.align)?;
+            let stride = vring_stride(num, r.align).ok_or(TableError::BadVring {
                 vdev: index,
                 vring: k,
-                cause: AddrError::Unmapped {
-                    addr: da,
-                    len: stride,
-                },
+                reason: "the ring size overflows",
             })?;
-            region.write_u32(loc.offset + r.da_offset(), da32)?;
-            cursor = end;
-            da
-        } else {
-            let da = u64::from(r.da);
-            // A fixed ring at the front of the carveout is not buffer space.
-            if let Some((co_da, _, _, co_len)) = co {
-                if da >= co_da && da < co_da + u64::from(co_len) {
-                    cursor = cursor.max((da - co_da + stride).min(u64::from(co_len)));
+            let da = if r.da == 0 || r.da == ANY {
+                if !master {
+                    return Err(TableError::Unassigned {
+                        vdev: index,
+                        what: "vring address",
+                    });
                 }
-            }
-            da
-        };
-        let unmapped = |cause| TableError::VringUnmapped {
-            vdev: index,
-            vring: k,
-            cause,
-        };
-        let pa = map.da_to_pa(da, stride).map_err(unmapped)?;
-        map.pa_to_offset(pa, stride).map_err(unmapped)?;
+                let (co_da, _, _, co_len) = co.ok_or(TableError::NoCarveout { vdev: index })?;
+                let end = cursor + stride;
+                if end > u64::from(co_len) {
+                    return Err(TableError::CarveoutTooSmall {
+                        vdev: index,
+                        need: end,
+                        have: co_len,
+                    });
+                }
+                let da = co_da + cursor;
+                let da32 = u32::try_from(da).map_err(|_| TableError::VringUnmapped {
+                    vdev: index,
+                    vring: k,
+                    cause: AddrError::Unmapped {
+                        addr: da,
+                        len: stride,
+                    },
+                })?;
+                region.write_u32(loc.offset + r.da_offset(), da32)?;
+                cursor = end;
+                da
+            } else {
+                let da = u64::from(r.da);
+                // A fixed ring at the front of the carveout is not buffer space.
+                if let Some((co_da, _, _, co_len)) = co {
+                    if da >= co_da && da < co_da + u64::from(co_len) {
+                        cursor = cursor.max((da - co_da + stride).min(u64::from(co_len)));
+                    }
+                }
+                da
+            };
+            let unmapped = |cause| TableError::VringUnmapped {
+                vdev: index,
+                vring: k,
+                cause,
+            };
+            let pa = map.da_to_pa(da, stride).map_err(unmapped)?;
+            map.pa_to_offset(pa, stride).map_err(unmapped)?;
+        }
+        Ok(())
+    };
+    match place() {
+        Ok(()) => {}
+        // Not usable yet: the driver may still write them (bind_vrings).
+        Err(_) if mode == VringMode::Provisional => {
+            vring_ids = [ANY; MAX_VRINGS];
+            cursor = u64::MAX;
+        }
+        Err(e) => return Err(e),
     }
 
     let pool = co.and_then(|(_, offset, pa, len)| {
+        // u64::MAX (vrings not usable yet): no pool.
         let used = usize::try_from(cursor).ok()?;
         let len = usize::try_from(len).ok()?.checked_sub(used)?;
         (len > 0).then_some(PoolRange {
@@ -713,6 +965,7 @@ fn vdev_info(
 mod tests {
     use super::*;
     use crate::remoteproc::addr::{AddrEnv, AddrEnvEntry, AddressMap, PhysMap};
+    use crate::virtio::status;
     use crate::wire::rsc::{Name, TableBuilder, Vdev, Vring, ANY};
 
     const BOOT: &[u8] = include_bytes!("../../tests/vectors/after-boot.bin");
@@ -952,14 +1205,41 @@ mod tests {
         ));
     }
 
+    /// `small_table`, with vdev `driven` having `reserved[0] = 1` (the
+    /// master is its device, so the remote drives it).
+    fn table_with_reserved(vdevs: &[(u32, u32, Vring)], driven: usize) -> Vec<u8> {
+        let mut b = TableBuilder::new_vec((2 * vdevs.len()) as u32).unwrap();
+        for (i, (id, notifyid, ring)) in vdevs.iter().enumerate() {
+            let v = Vdev {
+                id: *id,
+                notifyid: *notifyid,
+                reserved: [u8::from(i == driven), 0],
+                ..Vdev::default()
+            };
+            b.add_vdev(&v, &[*ring], &[]).unwrap();
+        }
+        for i in 0..vdevs.len() {
+            b.add_carveout(&carveout(0x1000 * (i as u32 + 1), 0x1000))
+                .unwrap();
+        }
+        b.finish_vec().unwrap()
+    }
+
     #[test]
     fn remote_refuses_unassigned_values() {
-        let t = small_table(
-            &[(4, ANY, ring(0x1000, 8, 1)), (4, 2, ring(0, 8, 3))],
-            &[carveout(0x1000, 0x1000), carveout(0x2000, 0x1000)],
+        // vdev 0: its own notify id unassigned; vdev 1 (remote is device):
+        // vring da 0, which its driver may still write; vdev 2 (remote is
+        // driver): vring da 0, which the master had to assign at boot.
+        let t = table_with_reserved(
+            &[
+                (4, ANY, ring(0x1000, 8, 1)),
+                (4, 2, ring(0, 8, 3)),
+                (4, 4, ring(0, 8, 5)),
+            ],
+            2,
         );
-        let lt = run(&t, false).unwrap();
-        let v: Vec<_> = lt.vdevs().collect();
+        let mut lt = run(&t, false).unwrap();
+        let v: Vec<_> = lt.vdevs().copied().collect();
         assert!(matches!(
             v[0],
             Err(VdevFault {
@@ -970,8 +1250,11 @@ mod tests {
                 ..
             })
         ));
+        let dev = v[1].unwrap();
+        assert_eq!(dev.role, Role::Device);
+        assert!(lt.is_deferred(1) && !lt.is_deferred(2));
         assert!(matches!(
-            v[1],
+            v[2],
             Err(VdevFault {
                 error: TableError::Unassigned {
                     what: "vring address",
@@ -980,6 +1263,183 @@ mod tests {
                 ..
             })
         ));
+        // Still unassigned when its driver sets DRIVER_OK: now it is an error.
+        let r = Region::new_heap(0x4000);
+        r.write_bytes(0, &t).unwrap();
+        assert_eq!(
+            lt.bind_vrings(&r, 1),
+            Err(TableError::Unassigned {
+                vdev: 1,
+                what: "vring address"
+            })
+        );
+        assert_eq!(
+            lt.bind_vrings(&r, 0),
+            Err(TableError::Unassigned {
+                vdev: 0,
+                what: "notify id"
+            })
+        );
+        assert_eq!(lt.bind_vrings(&r, 3), Err(TableError::NoVdev { index: 3 }));
+    }
+
+    /// A remote's table as NuttX's refactored master leaves it at
+    /// `bootm = OK`: notify ids assigned, every vring `da` still 0 (it is
+    /// written when the master creates the vdev). Two rpmsg-like vdevs, the
+    /// remote is the device of both.
+    fn late_vrings() -> (Region, LinkTable) {
+        let t = small_table(
+            &[(7, 0, ring(0, 8, 1)), (7, 2, ring(0, 8, 3))],
+            &[carveout(0x1000, 0x1000), carveout(0x2000, 0x1000)],
+        );
+        let r = Region::new_heap(0x4000);
+        r.write_bytes(0, &t).unwrap();
+        let loc = TableLocation {
+            offset: 0,
+            max_len: 0x400,
+        };
+        let mut scratch = vec![0u8; 0x400];
+        let lt = adopt(&r, loc, &map_for(0x4000, 0x1000_0000), &mut scratch).unwrap();
+        (r, lt)
+    }
+
+    fn info(lt: &LinkTable, i: usize) -> VdevInfo {
+        *lt.vdev(i).unwrap().as_ref().unwrap()
+    }
+
+    #[test]
+    fn device_vrings_written_before_driver_ok_come_up_and_are_then_guarded() {
+        let (r, mut lt) = late_vrings();
+        let v0 = info(&lt, 0);
+        assert_eq!(v0.role, Role::Device);
+        // Not usable yet: no fault, no vring notify id to route.
+        assert_eq!(v0.vring_notifyid(0), Some(ANY));
+        lt.verify(&r).unwrap();
+        let ring0 = v0.vring_offset(0).unwrap();
+        // The master places the vring and sets DRIVER_OK: not a change.
+        r.write_u32(ring0, 0x1000).unwrap();
+        lt.verify(&r).unwrap();
+        r.write_u8(v0.status_offset(), status::DRIVER_OK).unwrap();
+        lt.verify(&r).unwrap();
+        let bound = lt.bind_vrings(&r, 0).unwrap();
+        assert_eq!(bound.vring_notifyid(0), Some(1));
+        assert_eq!(bound.queue_of(1), Some(0));
+        assert_eq!(info(&lt, 0), bound);
+        lt.verify(&r).unwrap();
+        // The other vdev's driver is not ready: its vrings still move freely.
+        let ring1 = info(&lt, 1).vring_offset(0).unwrap();
+        r.write_u32(ring1, 0x2000).unwrap();
+        lt.verify(&r).unwrap();
+
+        // After DRIVER_OK every vring field is guarded: da, align, num,
+        // notify id, reserved.
+        for (field, value) in [(0, 0x1100), (4, 32), (8, 16), (12, 9), (16, 1)] {
+            let old = r.read_u32(ring0 + field).unwrap();
+            r.write_u32(ring0 + field, value).unwrap();
+            assert_eq!(
+                lt.verify(&r),
+                Err(TableError::ChangedAfterBoot),
+                "field +{field}"
+            );
+            r.write_u32(ring0 + field, old).unwrap();
+            lt.verify(&r).unwrap();
+        }
+        // So is everything else (here the vdev's own notify id).
+        r.write_u32(v0.offset + 8, 5).unwrap();
+        assert_eq!(lt.verify(&r), Err(TableError::ChangedAfterBoot));
+        r.write_u32(v0.offset + 8, 0).unwrap();
+
+        // A driver that reset the device owns its vrings again.
+        r.write_u8(v0.status_offset(), 0).unwrap();
+        lt.unbind_vrings(0);
+        r.write_u32(ring0, 0x1200).unwrap();
+        lt.verify(&r).unwrap();
+        r.write_u8(v0.status_offset(), status::DRIVER_OK).unwrap();
+        lt.bind_vrings(&r, 0).unwrap();
+        lt.verify(&r).unwrap();
+        r.write_u32(ring0, 0x1000).unwrap();
+        assert_eq!(lt.verify(&r), Err(TableError::ChangedAfterBoot));
+    }
+
+    #[test]
+    fn device_vrings_still_bad_at_driver_ok_fail_only_that_vdev() {
+        let (r, mut lt) = late_vrings();
+        let ring0 = info(&lt, 0).vring_offset(0).unwrap();
+        let ring1 = info(&lt, 1).vring_offset(0).unwrap();
+        let cases: [(usize, u32, TableError); 5] = [
+            (
+                0,
+                0x8000,
+                TableError::VringUnmapped {
+                    vdev: 0,
+                    vring: 0,
+                    cause: AddrError::Unmapped {
+                        addr: 0x8000,
+                        len: vring_stride(8, 16).unwrap(),
+                    },
+                },
+            ),
+            (
+                8,
+                6,
+                TableError::BadVring {
+                    vdev: 0,
+                    vring: 0,
+                    reason: "num must be a power of two from 1 to 32768",
+                },
+            ),
+            (
+                4,
+                2,
+                TableError::BadVring {
+                    vdev: 0,
+                    vring: 0,
+                    reason: "align must be a power of two of at least 4",
+                },
+            ),
+            (
+                12,
+                ANY,
+                TableError::Unassigned {
+                    vdev: 0,
+                    what: "vring notify id",
+                },
+            ),
+            // vdev 1's own notify id.
+            (12, 2, TableError::DuplicateNotifyId { id: 2 }),
+        ];
+        r.write_u32(ring0, 0x1000).unwrap();
+        for (field, value, want) in cases {
+            let old = r.read_u32(ring0 + field).unwrap();
+            r.write_u32(ring0 + field, value).unwrap();
+            assert_eq!(lt.bind_vrings(&r, 0), Err(want), "field +{field}");
+            r.write_u32(ring0 + field, old).unwrap();
+        }
+        // Nothing got bound: the vrings are still free to change.
+        r.write_u32(ring0, 0x1100).unwrap();
+        lt.verify(&r).unwrap();
+        // vdev 1 binds on its own; then its vring id is taken.
+        r.write_u32(ring1, 0x2000).unwrap();
+        assert_eq!(lt.bind_vrings(&r, 1).unwrap().vring_notifyid(0), Some(3));
+        r.write_u32(ring0 + 12, 3).unwrap();
+        assert_eq!(
+            lt.bind_vrings(&r, 0),
+            Err(TableError::DuplicateNotifyId { id: 3 })
+        );
+        r.write_u32(ring0 + 12, 1).unwrap();
+        assert_eq!(lt.bind_vrings(&r, 0).unwrap().vring_notifyid(0), Some(1));
+        lt.verify(&r).unwrap();
+    }
+
+    #[test]
+    fn a_vdev_this_side_drives_is_not_deferred() {
+        let t = small_table(&[(7, ANY, ring(0, 8, ANY))], &[carveout(0x1000, 0x1000)]);
+        let mut lt = run(&t, true).unwrap();
+        let before = info(&lt, 0);
+        assert_eq!(before.role, Role::Driver);
+        assert!(!lt.is_deferred(0));
+        let r = Region::new_heap(0x4000);
+        assert_eq!(lt.bind_vrings(&r, 0), Ok(before));
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //!   vrings).
 //!
 //! The fields the peer may write (status, gfeatures, config, vring `da`,
-//! `align` and `num`) are re-read and validated on every use.
+//! `align` and `num`) are re-read and validated on every use. A device reads
+//! its queues only from DRIVER_OK on: until then the vring entries are the
+//! driver's to write.
 #![forbid(unsafe_code)]
 
 use crate::remoteproc::carveout::Carveout;
@@ -58,6 +60,13 @@ impl<N: Notify> VdevLink<N> {
     /// The validated summary of the vdev.
     pub fn info(&self) -> &VdevInfo {
         &self.info
+    }
+
+    /// Replaces the summary (the vring notify ids a device validated at
+    /// DRIVER_OK, [`LinkTable::bind_vrings`](crate::remoteproc::table::LinkTable::bind_vrings)).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn set_info(&mut self, info: VdevInfo) {
+        self.info = info;
     }
 
     /// The shared region.

@@ -711,12 +711,15 @@ impl<T: RpmsgTransport + 'static> Link<T> {
         wait: &mut dyn Wait,
         timeout: Duration,
     ) -> Result<TxPayload, RpmsgError> {
-        let end = deadline(wait, timeout);
+        // The clock only when there is no buffer at once (the usual case
+        // on a link that keeps up does not read it at all).
+        let mut end = None;
         loop {
             match self.try_get_tx(ept) {
                 Err(RpmsgError::NoBuffer) => {}
                 r => return r,
             }
+            let end = *end.get_or_insert_with(|| deadline(wait, timeout));
             self.wait_for_buffer(wait, end)?;
         }
     }

@@ -208,9 +208,11 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
     pub fn add_link(&mut self, link: Link<T>) -> LinkId {
         let remote = link.remote_cpu();
         if self.link_by_cpu(&remote).is_some() {
-            log::warn!(
-                "rpmsg: a second link to cpu {remote} was added; lookups by cpu name find \
-                 the first one"
+            // Legitimate (a shared-memory link and a byte-stream link to
+            // the same cpu, as the simulator's proxy has), so not a warning.
+            log::info!(
+                "rpmsg: another link to cpu {remote} was added; lookups by cpu name find \
+                 the first one, reach this one by its link id"
             );
         }
         let (index, gen) = insert(
@@ -275,6 +277,23 @@ impl<T: RpmsgTransport + 'static> Bus<T> {
                 gen: *g,
             })
             .collect()
+    }
+
+    /// [`link_ids`](Self::link_ids) into `out` (cleared first), for a loop
+    /// that runs on every doorbell and keeps its vector: no allocation once
+    /// `out` has room.
+    pub fn link_ids_into(&self, out: &mut Vec<LinkId>) {
+        out.clear();
+        out.extend(
+            self.links
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, e))| e.is_some())
+                .map(|(i, (g, _))| LinkId {
+                    index: i as u32,
+                    gen: *g,
+                }),
+        );
     }
 
     /// Polls one link, then tells services what changed (link up/down, new

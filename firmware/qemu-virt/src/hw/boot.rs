@@ -71,7 +71,7 @@ _start:
 "#
 );
 
-/// The first Rust code: console, checks, MMU, logger, then `main`.
+/// The first Rust code: console, checks, MMU, logger, heap, then `main`.
 #[no_mangle]
 extern "C" fn rust_start() -> ! {
     super::uart::init();
@@ -88,5 +88,6 @@ extern "C" fn rust_start() -> ! {
         super::psci::system_off();
     }
     crate::console::init_logger();
+    super::heap::init();
     crate::main()
 }

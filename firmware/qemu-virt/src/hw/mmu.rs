@@ -13,6 +13,7 @@
 //! | range | what | attributes |
 //! | --- | --- | --- |
 //! | 0x0900_0000 + 4 KiB | PL011 UART | Device-nGnRnE, RW, XN |
+//! | 0x0800_0000 + 4 KiB, 0x0801_0000 + 8 KiB | GICv2 distributor, CPU interface (`idle`) | Device-nGnRnE, RW, XN |
 //! | 0x3f00_0000 + 16 MiB | PCIe ECAM (16 buses) | Device-nGnRnE, RW, XN |
 //! | BARs placed in 0x1000_0000..0x3eff_0000 | PCI MMIO window | mapped on demand ([`map_shared`]; device BARs with `map(.., Kind::Device)`) |
 //! | 0x4000_0000..0x4010_0000 | device tree QEMU put there | Normal, RO, XN |
@@ -24,8 +25,8 @@
 //!
 //! Everything else is unmapped, so a stray pointer faults with a report (see
 //! `exceptions`) instead of scribbling. The rest of RAM is left unmapped on
-//! purpose: the firmware has no heap, and mapping only what the image uses
-//! makes it independent of `-m`.
+//! purpose: the heap is a static arena inside `.bss`, and mapping only what
+//! the image uses makes it independent of `-m`.
 //!
 //! Shared memory (ivshmem BAR2) is Normal WB cacheable: QEMU's TCG guest
 //! accesses go straight to the host mapping of the backing file, which is
@@ -243,6 +244,12 @@ impl SharedMapping {
 pub fn map_shared(addr: usize, size: usize) -> Result<SharedMapping, MapError> {
     map(addr, size, Kind::ReadWrite)?;
     Ok(SharedMapping { addr, size })
+}
+
+/// Maps device registers (Device-nGnRnE, read-write, never executable).
+/// The mapping is never removed.
+pub fn map_device(addr: usize, size: usize) -> Result<(), MapError> {
+    map(addr, size, Kind::Device)
 }
 
 /// " (stack guard page: stack overflow)" when `addr` is in a guard page.

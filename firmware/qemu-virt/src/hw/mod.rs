@@ -12,14 +12,20 @@
 //! - [`uart`]: the PL011 console;
 //! - [`pci`]: ECAM enumeration and BAR placement, ivshmem discovery;
 //! - [`timer`]: the ARM generic timer;
-//! - [`psci`]: power off.
+//! - [`psci`]: power off;
+//! - [`heap`]: the global allocator over a static arena;
+//! - [`idle`]: sleeping in WFI until the generic timer fires (GICv2);
+//! - [`sync`]: a spin lock for state shared through `Sync` statics or `Arc`s.
 #![allow(unsafe_code)]
 
 pub mod boot;
 pub mod exceptions;
+pub mod heap;
+pub mod idle;
 pub mod mmu;
 pub mod pci;
 pub mod psci;
+pub mod sync;
 pub mod timer;
 pub mod uart;
 
