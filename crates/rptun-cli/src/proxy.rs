@@ -161,7 +161,7 @@ pub fn run(args: &ProxyArgs) -> Result<()> {
         // Spawned by `rptun sim`: never outlive it.
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
             .context("cannot ask for the parent-death signal")?;
-        if rustix::process::getppid().map_or(true, |p| p.as_raw_nonzero().get() == 1) {
+        if rustix::process::getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
             return Ok(());
         }
     }

@@ -526,7 +526,7 @@ pub fn run(args: &SimArgs) -> Result<std::process::ExitCode> {
                 sup.borrow_mut().on_ui(ev);
             }
             let (ready, port_ready) =
-                node.call(move |n| (n.peer_ready(), port.map_or(true, |p| n.link_ready(p))))?;
+                node.call(move |n| (n.peer_ready(), port.is_none_or(|p| n.link_ready(p))))?;
             if interrupt.load(Ordering::Relaxed) || (ready && port_ready) {
                 break;
             }

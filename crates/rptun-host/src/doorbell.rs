@@ -207,7 +207,7 @@ impl Doorbell {
                 race_stretch();
                 // The load after the increment: see the module docs.
                 self.flag(peer)
-                    .map_or(true, |f| f.load(Ordering::SeqCst) & SLEEPERS != 0)
+                    .is_none_or(|f| f.load(Ordering::SeqCst) & SLEEPERS != 0)
             }
             None => {
                 a.fetch_add(1, Ordering::AcqRel);
