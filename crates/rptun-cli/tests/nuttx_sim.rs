@@ -12,11 +12,11 @@
 //! Every case uses its own shm object name, kills its children if it fails or
 //! runs out of time, and removes the object at the end.
 
-use std::io::{BufRead, BufReader, Read};
+mod peers;
+
+use peers::{assert_has, finish, Proc};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RPTUN: &str = env!("CARGO_BIN_EXE_rptun");
@@ -29,40 +29,13 @@ const NUTTX_RPMSG_VDEV: &str = "notifyid=4 gfeatures=0xf host='server' remote='p
      h2r_buf_size=1536 r2h_buf_size=1536 vring0 da=0x201cc align=8 num=8 notifyid=5 \
      vring1 da=0x202ac align=8 num=8 notifyid=6";
 
-/// The directory holding `pyproxy.py` and `pyserver.py`. Fails (never
-/// skips) when they are missing.
+/// The directory holding `pyproxy.py` and `pyserver.py`.
 fn oracles() -> PathBuf {
-    let root = match std::env::var_os("RPTUN_ORACLES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracles"),
-    };
-    let dir = root.join("nuttx-sim");
-    for f in ["pyproxy.py", "pyserver.py"] {
-        assert!(
-            dir.join(f).is_file(),
-            "the NuttX-simulator reference peer {f} is missing from {}: restore \
-             tests/oracles/nuttx-sim/ in the repository, or set RPTUN_ORACLES to a directory \
-             that holds nuttx-sim/{f}",
-            dir.display()
-        );
-    }
-    dir
-}
-
-fn python3() -> &'static str {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "python3 is needed to run the NuttX-simulator reference peers (standard library \
-         only); install it"
-    );
-    "python3"
+    peers::oracles(
+        "nuttx-sim",
+        &["pyproxy.py", "pyserver.py"],
+        "NuttX-simulator reference peer",
+    )
 }
 
 fn snapshot(name: &str) -> PathBuf {
@@ -91,128 +64,6 @@ impl Drop for ShmName {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.path());
     }
-}
-
-/// A child process whose stdout and stderr are collected; killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    out: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let out = out.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            }));
-        }
-        Proc {
-            name,
-            child,
-            out,
-            readers,
-            status: None,
-        }
-    }
-
-    fn python(name: &'static str, script: &Path, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(python3());
-        cmd.arg("-u").arg(script).args(args);
-        Proc::spawn(name, cmd)
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The exit status if the process has ended (collecting the rest of
-    /// its output), without waiting.
-    fn poll(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.status = Some(s);
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-            }
-        }
-        self.status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits for every process to exit successfully; as soon as one fails, or
-/// at the deadline, panics with all the output (the `Proc`s still running
-/// are killed when dropped).
-fn finish(procs: &mut [&mut Proc], deadline: Instant) -> Vec<String> {
-    let failed = loop {
-        let mut running = false;
-        let mut failed = None;
-        for p in procs.iter_mut() {
-            match p.poll() {
-                Some(s) if !s.success() => {
-                    failed = failed.or(Some(format!("{} exited with {s}", p.name)))
-                }
-                Some(_) => {}
-                None => running = true,
-            }
-        }
-        if failed.is_some() || !running {
-            break failed;
-        }
-        if Instant::now() >= deadline {
-            let late: Vec<&str> = procs
-                .iter()
-                .filter(|p| p.status.is_none())
-                .map(|p| p.name)
-                .collect();
-            break Some(format!("{} did not finish in time", late.join(", ")));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let outs: Vec<String> = procs.iter().map(|p| p.output()).collect();
-    if let Some(mut msg) = failed {
-        for (p, o) in procs.iter().zip(&outs) {
-            msg.push_str(&format!("\n--- {} output ---\n{o}", p.name));
-        }
-        panic!("{msg}");
-    }
-    outs
-}
-
-fn assert_has(out: &str, who: &str, want: &str) {
-    assert!(
-        out.contains(want),
-        "{who} did not print {want:?}; it printed:\n{out}"
-    );
 }
 
 /// The line of `out` that starts with `prefix` (panics with the output if none).

@@ -10,12 +10,13 @@
 //! is killed if a case fails or times out, and both names are removed at the
 //! end of each case.
 
+mod peers;
+
+use peers::{assert_has, finish, python3, Proc};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const RPTUN: &str = env!("CARGO_BIN_EXE_rptun");
@@ -24,129 +25,13 @@ const SOCKET: &str = "/tmp/openamp.event.0";
 /// Bound on each case; the runs take well under a second.
 const CASE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The directory holding `pydevice.py` and `pydriver.py`. Fails (never
-/// skips) when they are missing.
+/// The directory holding `pydevice.py` and `pydriver.py`.
 fn oracles() -> PathBuf {
-    let root = match std::env::var_os("RPTUN_ORACLES") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracles"),
-    };
-    let dir = root.join("openamp");
-    for f in ["pydevice.py", "pydriver.py"] {
-        assert!(
-            dir.join(f).is_file(),
-            "the OpenAMP reference peer {f} is missing from {}: restore tests/oracles/openamp/ \
-             in the repository, or set RPTUN_ORACLES to a directory that holds openamp/{f}",
-            dir.display()
-        );
-    }
-    dir
-}
-
-fn python3() -> &'static str {
-    let ok = Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "python3 is needed to run the OpenAMP reference peers (standard library only); \
-         install it"
-    );
-    "python3"
-}
-
-/// A child process whose stdout and stderr are collected; killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    out: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        let pipes: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        for pipe in pipes {
-            let out = out.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            }));
-        }
-        Proc {
-            name,
-            child,
-            out,
-            readers,
-            status: None,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Waits until `pattern` appears in the output (or the process exits,
-    /// or the deadline passes); true if it appeared.
-    fn wait_for_line(&mut self, pattern: &str, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if self.output().contains(pattern) {
-                return true;
-            }
-            if self.child.try_wait().ok().flatten().is_some() {
-                return self.output().contains(pattern);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-
-    /// Waits for the exit until `deadline`; `None` if still running.
-    fn wait(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        while self.status.is_none() {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.status = Some(s);
-                    for r in self.readers.drain(..) {
-                        let _ = r.join();
-                    }
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => return None,
-            }
-        }
-        self.status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    peers::oracles(
+        "openamp",
+        &["pydevice.py", "pydriver.py"],
+        "OpenAMP reference peer",
+    )
 }
 
 /// Exclusive use of the fixed names for one case; removes them before and
@@ -181,38 +66,6 @@ impl Drop for Names {
     fn drop(&mut self) {
         remove_names();
     }
-}
-
-/// Waits for every process; on a timeout or failure, panics with all the
-/// output (the `Proc`s are killed when dropped).
-fn finish(procs: &mut [&mut Proc], deadline: Instant) -> Vec<String> {
-    let mut outs = Vec::new();
-    let mut failed = None;
-    for p in procs.iter_mut() {
-        match p.wait(deadline) {
-            Some(s) if s.success() => {}
-            Some(s) => failed = failed.or(Some(format!("{} exited with {s}", p.name))),
-            None => failed = failed.or(Some(format!("{} did not finish in time", p.name))),
-        }
-    }
-    for p in procs.iter() {
-        outs.push(p.output());
-    }
-    if let Some(why) = failed {
-        let mut msg = why;
-        for (p, o) in procs.iter().zip(&outs) {
-            msg.push_str(&format!("\n--- {} output ---\n{o}", p.name));
-        }
-        panic!("{msg}");
-    }
-    outs
-}
-
-fn assert_has(out: &str, who: &str, want: &str) {
-    assert!(
-        out.contains(want),
-        "{who} did not print {want:?}; it printed:\n{out}"
-    );
 }
 
 #[test]
